@@ -93,6 +93,18 @@ pub struct IPAddressPoolStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
+    /// Which pools, and which nodes announce them.
+    #[serde(flatten)]
+    pub selection: AdvertisementSelection,
+    /// Interfaces to announce on (empty: every up, broadcast-capable, non-loopback interface).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+}
+
+/// The pools an advertisement covers and the nodes that announce them (shared by both kinds).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvertisementSelection {
     /// Pools by name. Empty together with `ipAddressPoolSelectors`: every pool.
     #[serde(
         default,
@@ -107,12 +119,9 @@ pub struct L2AdvertisementSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ip_address_pool_selectors: Vec<LabelSelector>,
-    /// Nodes that may announce (empty: every node).
+    /// Nodes that announce (empty: every node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_selectors: Vec<LabelSelector>,
-    /// Interfaces to announce on (empty: every up, broadcast-capable, non-loopback interface).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub interfaces: Vec<String>,
 }
 
 /// A reference to one key of a Secret in the speaker's namespace.
@@ -191,20 +200,9 @@ pub struct BGPPeerSpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPAdvertisementSpec {
-    /// Pools by name. Empty together with `ipAddressPoolSelectors`: every pool.
-    #[serde(
-        default,
-        rename = "ipAddressPools",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub ip_address_pools: Vec<String>,
-    /// Pools by label.
-    #[serde(
-        default,
-        rename = "ipAddressPoolSelectors",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub ip_address_pool_selectors: Vec<LabelSelector>,
+    /// Which pools, and which nodes announce them.
+    #[serde(flatten)]
+    pub selection: AdvertisementSelection,
     /// Prefix length announced for IPv4 addresses (default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation_length: Option<u8>,
@@ -220,9 +218,6 @@ pub struct BGPAdvertisementSpec {
     /// BGPPeer names to announce to (empty: every peer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
-    /// Nodes that announce (empty: every node).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub node_selectors: Vec<LabelSelector>,
 }
 
 /// Named community values that `BGPAdvertisement`s may refer to.

@@ -14,8 +14,8 @@ use ipnet::IpNet;
 
 use crate::selector::Selector;
 use crate::v1alpha1::{
-    BGPAdvertisementSpec, BGPPeerSpec, CommunitySpec, IPAddressPoolSpec, L2AdvertisementSpec,
-    SecretKeyRef,
+    AdvertisementSelection, BGPAdvertisementSpec, BGPPeerSpec, CommunitySpec, IPAddressPoolSpec,
+    L2AdvertisementSpec, SecretKeyRef,
 };
 
 /// One problem with one field.
@@ -344,6 +344,21 @@ pub fn any_selector_matches(selectors: &[Selector], labels: &BTreeMap<String, St
     selectors.is_empty() || selectors.iter().any(|s| s.matches(labels))
 }
 
+impl Collector {
+    fn selection(&mut self, spec: &AdvertisementSelection) -> (PoolSelection, Vec<Selector>) {
+        let pool_selectors = self.selectors(
+            "spec.ipAddressPoolSelectors",
+            &spec.ip_address_pool_selectors,
+        );
+        let node_selectors = self.selectors("spec.nodeSelectors", &spec.node_selectors);
+        let pools = PoolSelection {
+            names: spec.ip_address_pools.clone(),
+            selectors: pool_selectors,
+        };
+        (pools, node_selectors)
+    }
+}
+
 /// A validated `L2Advertisement` spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ValidL2Advertisement {
@@ -358,21 +373,14 @@ pub struct ValidL2Advertisement {
 /// Validates an `L2Advertisement` spec.
 pub fn l2_advertisement(spec: &L2AdvertisementSpec) -> Result<ValidL2Advertisement, Problems> {
     let mut c = Collector::default();
-    let pool_selectors = c.selectors(
-        "spec.ipAddressPoolSelectors",
-        &spec.ip_address_pool_selectors,
-    );
-    let node_selectors = c.selectors("spec.nodeSelectors", &spec.node_selectors);
+    let (pools, node_selectors) = c.selection(&spec.selection);
     for (i, name) in spec.interfaces.iter().enumerate() {
         if let Err(message) = interface_name(name) {
             c.push(format!("spec.interfaces[{i}]"), message);
         }
     }
     c.finish(ValidL2Advertisement {
-        pools: PoolSelection {
-            names: spec.ip_address_pools.clone(),
-            selectors: pool_selectors,
-        },
+        pools,
         node_selectors,
         interfaces: spec.interfaces.clone(),
     })
@@ -516,16 +524,9 @@ pub fn bgp_advertisement(
             },
         }
     }
-    let pool_selectors = c.selectors(
-        "spec.ipAddressPoolSelectors",
-        &spec.ip_address_pool_selectors,
-    );
-    let node_selectors = c.selectors("spec.nodeSelectors", &spec.node_selectors);
+    let (pools, node_selectors) = c.selection(&spec.selection);
     c.finish(ValidBgpAdvertisement {
-        pools: PoolSelection {
-            names: spec.ip_address_pools.clone(),
-            selectors: pool_selectors,
-        },
+        pools,
         aggregation_length,
         aggregation_length_v6,
         local_pref: spec.local_pref,

@@ -352,7 +352,10 @@ fn an_advertisement_without_pools_covers_every_pool() {
     let adv = validation::l2_advertisement(&L2AdvertisementSpec::default()).unwrap();
     assert!(adv.pools.covers("anything", &BTreeMap::new()));
     let named = validation::l2_advertisement(&L2AdvertisementSpec {
-        ip_address_pools: vec!["web".into()],
+        selection: AdvertisementSelection {
+            ip_address_pools: vec!["web".into()],
+            ..Default::default()
+        },
         ..Default::default()
     })
     .unwrap();
