@@ -1,0 +1,509 @@
+//! End to end through real kernels in network namespaces: a client, two load-balancer nodes
+//! (`xdp_lb` on their uplink) and three backend nodes (`xdp_decap` on their uplink, the VIP on
+//! loopback, a TCP and a UDP server that answer with their name and the peer address they see),
+//! all on one bridged segment. The client routes the VIP via a load balancer; backends reply to
+//! the client directly from the VIP (direct server return). Needs root.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_e2e::netns::Netns;
+use cairn_xdp::{
+    Dataplane, DataplaneConfig, Decap, FlowTuple, NextHop, Protocol, Service, Sink, SinkKind,
+    WeightedBackend,
+};
+
+const CLIENT: &str = "198.51.100.100";
+const VIP: &str = "203.0.113.10";
+const SEED: u32 = 77;
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn backend_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 11 + i as u8))
+}
+
+fn lb_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1 + i as u8))
+}
+
+fn tcp_service() -> Service {
+    Service {
+        vip: addr(VIP),
+        port: 80,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn udp_service() -> Service {
+    Service {
+        vip: addr(VIP),
+        port: 53,
+        protocol: Protocol::Udp,
+    }
+}
+
+fn weighted(backends: &[usize]) -> Vec<WeightedBackend> {
+    backends
+        .iter()
+        .map(|&i| WeightedBackend {
+            addr: backend_ip(i),
+            weight: 1,
+        })
+        .collect()
+}
+
+/// Stops server threads when dropped.
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Lab {
+    // Field order is drop order: programs and servers go before their namespaces.
+    _stop: Stop,
+    lbs: Vec<Dataplane>,
+    _decaps: Vec<Decap>,
+    _sinks: Vec<Sink>,
+    client: Netns,
+    _lb_ns: Vec<Netns>,
+    _backend_ns: Vec<Netns>,
+    _switch: Netns,
+}
+
+fn sysctl(ns: &Netns, kv: &str) {
+    ns.exec(&["sysctl", "-qw", kv]).expect("sysctl");
+}
+
+/// Starts the UDP and TCP servers of backend `name`, with sockets opened inside `ns`.
+fn start_servers(ns: &Netns, name: String, stop: Arc<AtomicBool>) {
+    let (udp, tcp) = ns
+        .run(|| {
+            let udp = UdpSocket::bind((addr(VIP), 53)).expect("udp bind");
+            let tcp = TcpListener::bind((addr(VIP), 80)).expect("tcp bind");
+            (udp, tcp)
+        })
+        .expect("enter backend");
+    udp.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let udp_name = name.clone();
+    let udp_stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !udp_stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("{udp_name} {peer}").as_bytes(), peer);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match tcp.accept() {
+                Ok((stream, peer)) => {
+                    let name = name.clone();
+                    std::thread::spawn(move || serve_tcp(stream, peer, name));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+}
+
+/// Answers every line with "<name> <peer>" until the client closes.
+fn serve_tcp(stream: TcpStream, peer: SocketAddr, name: String) {
+    let _ = stream.set_nonblocking(false);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writeln!(writer, "{name} {peer}").is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns off transmit checksum offload on `ifname` (ETHTOOL_STXCSUM through SIOCETHTOOL; no
+/// ethtool binary here). A veth leaves the checksum of locally sent packets to "hardware"; a
+/// frame that then meets XDP on the way loses that promise and arrives with a bad checksum. Real
+/// NICs compute checksums before XDP on the receiving host ever sees them.
+fn disable_tx_checksum_offload(ifname: &str) -> std::io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        pad: [0; 16],
+    };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: plain socket(2)/ioctl(2)/close(2) with a properly laid out ifreq that outlives
+    // the call; the fd is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Client, `lbs` load balancers and three backends on one bridge; every LB serves the TCP
+    /// and UDP services with `backends`, the client routes the VIP via LB 0.
+    fn new(lbs: usize, backends: &[usize]) -> Lab {
+        assert!(cairn_e2e::netns::is_root(), "namespace tests need root");
+        let switch = Netns::new("xdpsw").expect("switch");
+        switch
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .expect("bridge");
+        switch.ip(&["link", "set", "br0", "up"]).expect("br up");
+        let mut sinks = Vec::new();
+        let plug = |ns: &Netns, port: &str, ip: &str, mtu: &str| {
+            switch.veth(port, ns, "eth0").expect("veth");
+            switch
+                .ip(&["link", "set", port, "master", "br0", "mtu", "1600"])
+                .expect("port");
+            ns.ip(&["link", "set", "eth0", "mtu", mtu]).expect("mtu");
+            ns.addr("eth0", &format!("{ip}/24")).expect("addr");
+        };
+        let client = Netns::new("xdpcl").expect("client");
+        plug(&client, "s-client", CLIENT, "1500");
+        client
+            .run(|| disable_tx_checksum_offload("eth0"))
+            .expect("enter client")
+            .expect("checksum offload off");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut backend_ns = Vec::new();
+        let mut decaps = Vec::new();
+        for i in 0..3 {
+            let ns = Netns::new("xdpbe").expect("backend");
+            plug(&ns, &format!("s-b{i}"), &backend_ip(i).to_string(), "1600");
+            ns.addr("lo", &format!("{VIP}/32")).expect("vip on lo");
+            sysctl(&ns, "net.ipv4.conf.all.arp_ignore=1");
+            sysctl(&ns, "net.ipv4.conf.all.arp_announce=2");
+            let mut decap = Decap::load().expect("decap");
+            decap.add_vip(addr(VIP)).expect("decap vip");
+            ns.run(|| decap.attach("eth0"))
+                .expect("enter")
+                .expect("attach decap");
+            start_servers(&ns, format!("b{i}"), stop.clone());
+            decaps.push(decap);
+            backend_ns.push(ns);
+        }
+        let mut lb_ns = Vec::new();
+        let mut dataplanes = Vec::new();
+        for i in 0..lbs {
+            let ns = Netns::new("xdplb").expect("lb");
+            let port = format!("s-lb{i}");
+            plug(&ns, &port, &lb_ip(i).to_string(), "1600");
+            // XDP_TX on the LB's eth0 needs an XDP program on its peer.
+            let (sink, _) = switch
+                .run(|| Sink::attach(SinkKind::Pass, &port))
+                .expect("enter switch")
+                .expect("sink");
+            sinks.push(sink);
+            let IpAddr::V4(local) = lb_ip(i) else {
+                unreachable!("lab addresses are IPv4")
+            };
+            let mut dp = Dataplane::load(DataplaneConfig {
+                hash_seed: SEED,
+                local_v4: Some(local),
+                mtu: 1600,
+                ..DataplaneConfig::default()
+            })
+            .expect("load lb");
+            let lb_mac = ns.mac("eth0").expect("mac");
+            for (b, bns) in backend_ns.iter().enumerate() {
+                dp.set_next_hop(
+                    backend_ip(b),
+                    NextHop {
+                        dst_mac: bns.mac("eth0").expect("mac"),
+                        src_mac: lb_mac,
+                    },
+                )
+                .expect("next hop");
+            }
+            dp.set_vip(tcp_service(), &weighted(backends))
+                .expect("tcp vip");
+            dp.set_vip(udp_service(), &weighted(backends))
+                .expect("udp vip");
+            ns.run(|| dp.attach("eth0"))
+                .expect("enter")
+                .expect("attach lb");
+            dataplanes.push(dp);
+            lb_ns.push(ns);
+        }
+        client
+            .ip(&[
+                "route",
+                "add",
+                &format!("{VIP}/32"),
+                "via",
+                &lb_ip(0).to_string(),
+            ])
+            .expect("route");
+        Lab {
+            _stop: Stop(stop),
+            lbs: dataplanes,
+            _decaps: decaps,
+            _sinks: sinks,
+            client,
+            _lb_ns: lb_ns,
+            _backend_ns: backend_ns,
+            _switch: switch,
+        }
+    }
+
+    fn route_via(&self, lb: usize) {
+        self.client
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{VIP}/32"),
+                "via",
+                &lb_ip(lb).to_string(),
+            ])
+            .expect("route");
+    }
+
+    /// A UDP socket of the client bound to `port`.
+    fn udp_socket(&self, port: u16) -> UdpSocket {
+        let socket = self
+            .client
+            .run(|| UdpSocket::bind((addr(CLIENT), port)))
+            .expect("enter client")
+            .expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        socket
+    }
+
+    /// Sends one datagram from `port` to the UDP VIP and returns (backend name, peer it saw).
+    fn ask_udp(&self, socket: &UdpSocket) -> (String, String) {
+        let mut buf = [0u8; 256];
+        for _ in 0..6 {
+            socket.send_to(b"who", (addr(VIP), 53)).expect("send");
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (name, peer) = text.split_once(' ').expect("reply format");
+                return (name.to_owned(), peer.to_owned());
+            }
+        }
+        panic!("no UDP answer through the load balancer");
+    }
+
+    fn connect(&self) -> (BufReader<TcpStream>, TcpStream) {
+        let stream = self
+            .client
+            .run(|| {
+                TcpStream::connect_timeout(&SocketAddr::new(addr(VIP), 80), Duration::from_secs(5))
+            })
+            .expect("enter client")
+            .expect("connect through the load balancer");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        (BufReader::new(stream), writer)
+    }
+}
+
+fn ask_tcp(conn: &mut (BufReader<TcpStream>, TcpStream)) -> (String, String) {
+    writeln!(conn.1, "who").expect("write");
+    let mut line = String::new();
+    conn.0.read_line(&mut line).expect("read answer");
+    let (name, peer) = line.trim().split_once(' ').expect("reply format");
+    (name.to_owned(), peer.to_owned())
+}
+
+#[test]
+fn every_backend_gets_traffic_sees_the_client_address_and_a_second_lb_picks_the_same_backend() {
+    let mut lab = Lab::new(2, &[0, 1, 2]);
+    let ports: Vec<u16> = (41000..41045).collect();
+    let sockets: Vec<UdpSocket> = ports.iter().map(|&p| lab.udp_socket(p)).collect();
+    let mut via_first = Vec::new();
+    for (socket, port) in sockets.iter().zip(&ports) {
+        let (name, peer) = lab.ask_udp(socket);
+        assert_eq!(
+            peer,
+            format!("{CLIENT}:{port}"),
+            "backend saw another source"
+        );
+        via_first.push(name);
+    }
+    for b in ["b0", "b1", "b2"] {
+        assert!(
+            via_first.iter().any(|n| n == b),
+            "{b} got no traffic: {via_first:?}"
+        );
+    }
+    // TCP too, with the client's address preserved.
+    let mut conn = lab.connect();
+    let local = conn.1.local_addr().expect("local addr");
+    let (_, peer) = ask_tcp(&mut conn);
+    assert_eq!(peer, local.to_string());
+
+    lab.route_via(1);
+    for ((socket, port), first) in sockets.iter().zip(&ports).zip(&via_first) {
+        let (name, _) = lab.ask_udp(socket);
+        assert_eq!(
+            &name, first,
+            "port {port}: the second LB chose another backend"
+        );
+    }
+    let second = lab.lbs[1]
+        .counters(udp_service())
+        .expect("counters")
+        .expect("service");
+    assert!(
+        second.packets >= ports.len() as u64,
+        "LB 1 forwarded {}",
+        second.packets
+    );
+}
+
+#[test]
+fn a_long_lived_tcp_connection_survives_adding_a_backend() {
+    let mut lab = Lab::new(1, &[0, 1]);
+    // Open connections until one of them would be moved to b2 by the new table.
+    let mut grown = Dataplane::load(DataplaneConfig {
+        hash_seed: SEED,
+        ..DataplaneConfig::default()
+    })
+    .expect("probe dataplane");
+    grown
+        .set_vip(tcp_service(), &weighted(&[0, 1, 2]))
+        .expect("probe table");
+    let mut moved = None;
+    let mut others = Vec::new();
+    for _ in 0..60 {
+        let mut conn = lab.connect();
+        let local = conn.1.local_addr().expect("local");
+        let (name, _) = ask_tcp(&mut conn);
+        let flow = FlowTuple {
+            src: local.ip(),
+            dst: addr(VIP),
+            sport: local.port(),
+            dport: 80,
+            protocol: Protocol::Tcp,
+        };
+        if grown.maglev_backend(tcp_service(), &flow) == Some(backend_ip(2)) {
+            moved = Some((conn, name));
+            break;
+        }
+        others.push((conn, name));
+    }
+    let (mut conn, name) = moved.expect("no connection would be remapped to the new backend");
+    lab.lbs[0]
+        .set_vip(tcp_service(), &weighted(&[0, 1, 2]))
+        .expect("add b2");
+    for _ in 0..3 {
+        assert_eq!(ask_tcp(&mut conn).0, name, "the connection changed backend");
+    }
+    for (conn, name) in others.iter_mut() {
+        assert_eq!(&ask_tcp(conn).0, name);
+    }
+    // New connections do reach the new backend.
+    let reached_new = (0..60).any(|_| ask_tcp(&mut lab.connect()).0 == "b2");
+    assert!(reached_new, "no new connection reached b2");
+}
+
+#[test]
+fn removing_a_backend_moves_only_that_backends_flows() {
+    let mut lab = Lab::new(1, &[0, 1, 2]);
+    let ports: Vec<u16> = (42000..42045).collect();
+    let sockets: Vec<UdpSocket> = ports.iter().map(|&p| lab.udp_socket(p)).collect();
+    let before: Vec<String> = sockets.iter().map(|s| lab.ask_udp(s).0).collect();
+    assert!(
+        before.iter().any(|n| n == "b2"),
+        "b2 had no flow: {before:?}"
+    );
+    lab.lbs[0]
+        .set_vip(udp_service(), &weighted(&[0, 1]))
+        .expect("remove b2");
+    for ((socket, port), old) in sockets.iter().zip(&ports).zip(&before) {
+        let (new, _) = lab.ask_udp(socket);
+        if old == "b2" {
+            assert_ne!(new, "b2", "port {port} still reaches the removed backend");
+        } else {
+            assert_eq!(&new, old, "port {port} moved although its backend stayed");
+        }
+    }
+}
+
+fn xdp_attached(ns: &Netns, dev: &str) -> bool {
+    let out = ns.ip(&["link", "show", "dev", dev]).expect("ip link");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn a_pinned_attachment_outlives_the_process_handle_is_reused_and_shutdown_detaches() {
+    assert!(cairn_e2e::netns::is_root(), "namespace tests need root");
+    let ns = Netns::new("xdppin").expect("ns");
+    let peer = Netns::new("xdppin").expect("peer");
+    ns.veth("eth0", &peer, "eth0").expect("veth");
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/cairn-xdp-e2e-pin-{}",
+        std::process::id()
+    ));
+    let config = DataplaneConfig {
+        pin_dir: Some(dir.clone()),
+        local_v4: Some(Ipv4Addr::new(198, 51, 100, 1)),
+        ..DataplaneConfig::default()
+    };
+    let mut first = Dataplane::load(config.clone()).expect("load");
+    let mode = ns
+        .run(|| first.attach("eth0"))
+        .expect("enter")
+        .expect("attach");
+    assert_eq!(
+        mode,
+        cairn_xdp::AttachMode::Native,
+        "veth supports native XDP"
+    );
+    drop(first);
+    assert!(
+        xdp_attached(&ns, "eth0"),
+        "the pinned link keeps the program attached"
+    );
+    let mut second = Dataplane::load(config).expect("reload");
+    let mode = ns
+        .run(|| second.attach("eth0"))
+        .expect("enter")
+        .expect("attach");
+    assert_eq!(mode, cairn_xdp::AttachMode::Reused);
+    assert!(xdp_attached(&ns, "eth0"));
+    second.shutdown().expect("shutdown");
+    assert!(!xdp_attached(&ns, "eth0"), "shutdown detaches");
+    assert!(!dir.exists(), "shutdown removes the pins");
+}
