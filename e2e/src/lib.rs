@@ -1,6 +1,7 @@
-//! Cairn's end-to-end infrastructure: network namespaces for tests (`netns`) and real routing
-//! daemons in namespaces (`routers`, FRR and GoBGP). The lab API server (issue 4) and the lab
-//! (issue 10) join them.
+//! Cairn's end-to-end infrastructure: network namespaces for tests (`netns`), real routing
+//! daemons in namespaces (`routers`, FRR and GoBGP), and the lab API server (`apiserver`), a
+//! faithful stand-in for kube-apiserver. The lab and the demo build on these (issue 10).
 
+pub mod apiserver;
 pub mod netns;
 pub mod routers;

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 /// (name, package, issue that brings it)
 const BENCHES: &[(&str, &str, u32)] = &[
     ("allocator", "cairn-allocator", 3),
+    ("controller", "cairn-allocator", 5),
     ("apiserver", "cairn-e2e", 4),
     ("arp", "cairn-arp", 6),
     ("bgp", "cairn-bgp", 9),
