@@ -5,8 +5,8 @@
  * For a packet to a configured service (VIP, port, protocol), or (VIP, any port, protocol):
  * pick a backend node (LRU flow table with per-CPU LRU lists for non-SYN packets, else the
  * VIP's Maglev ring indexed by jhash of the 5-tuple), prepend an outer IPv4 (IP-in-IP, RFC 2003) or IPv6
- * (RFC 2473) header from this node to the backend node, set the outer MACs from `next_hops`,
- * and XDP_TX it (or bpf_redirect to the configured egress interface). The inner packet is not
+ * (RFC 2473) header from this node to the backend node, set the outer MACs stored with the
+ * backend, and XDP_TX it (or bpf_redirect to the configured egress interface). The inner packet is not
  * modified, so the backend sees the client's address and replies directly (DSR).
  *
  * Decisions (tested in tests/fixtures.rs):
@@ -21,6 +21,11 @@
  *    between nodes must carry client MTU + 40 bytes;
  *  - ICMP frag-needed / ICMPv6 packet-too-big to a VIP: hashed on the embedded header with
  *    addresses and ports swapped, so it reaches the backend owning the connection.
+ *
+ * Cost: a flow-table hit makes two hash lookups (service, flow) and three inlined array
+ * lookups (config, counters, backend with its MACs); the flow hash is computed only on a miss
+ * or for an IPv6 outer flow label. `vip_addrs` is consulted only for fragments and malformed
+ * packets, to tell a VIP's (dropped, counted) from anyone else's (passed).
  *
  * It must not modify packets it passes, nor trust any length field before checking it.
  */
@@ -63,20 +68,24 @@ static __always_inline int drop(__u32 slot, enum lb_drop_reason reason)
 	return XDP_DROP;
 }
 
-static __always_inline int is_vip_addr(struct lb_addr *addr)
+/* Off the forwarding path: drop and count if `dst` is a VIP address, else pass untouched. */
+static __always_inline int drop_if_vip(struct lb_addr *dst, __u32 global,
+				       enum lb_drop_reason reason)
 {
-	return bpf_map_lookup_elem(&vip_addrs, addr) != NULL;
+	if (bpf_map_lookup_elem(&vip_addrs, dst))
+		return drop(global, reason);
+	return XDP_PASS;
 }
 
 /* Fills ports and flags from a TCP/UDP header at l4. */
 static __always_inline int parse_ports(void *l4, void *data_end, __u8 proto, struct packet *pkt,
-				       __u32 global)
+				       struct lb_addr *dst, __u32 global)
 {
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
 		if ((void *)(tcp + 1) > data_end)
-			return drop(global, LB_DROP_MALFORMED);
+			return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 		pkt->flow.sport = tcp->source;
 		pkt->flow.dport = tcp->dest;
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
@@ -84,7 +93,7 @@ static __always_inline int parse_ports(void *l4, void *data_end, __u8 proto, str
 		struct udphdr *udp = l4;
 
 		if ((void *)(udp + 1) > data_end)
-			return drop(global, LB_DROP_MALFORMED);
+			return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 		pkt->flow.sport = udp->source;
 		pkt->flow.dport = udp->dest;
 	}
@@ -94,22 +103,22 @@ static __always_inline int parse_ports(void *l4, void *data_end, __u8 proto, str
 
 /* The flow of an ICMP error's embedded IPv4 header, swapped to the client → VIP direction. */
 static __always_inline int parse_icmp4_error(void *inner, void *data_end, struct packet *pkt,
-					     __u32 global)
+					     struct lb_addr *dst, __u32 global)
 {
 	struct iphdr *iph = inner;
 	struct l4_ports *ports;
 	__u8 ihl;
 
 	if ((void *)(iph + 1) > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 	ihl = iph->ihl;
 	if (ihl < 5)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	ports = inner + ihl * 4;
 	if ((void *)(ports + 1) > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 	pkt->flow.src[0] = iph->daddr;
 	pkt->flow.dst[0] = iph->saddr;
 	pkt->flow.sport = ports->dest;
@@ -120,18 +129,18 @@ static __always_inline int parse_icmp4_error(void *inner, void *data_end, struct
 }
 
 static __always_inline int parse_icmp6_error(void *inner, void *data_end, struct packet *pkt,
-					     __u32 global)
+					     struct lb_addr *dst, __u32 global)
 {
 	struct ipv6hdr *ip6h = inner;
 	struct l4_ports *ports;
 
 	if ((void *)(ip6h + 1) > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 	if (ip6h->nexthdr != IPPROTO_TCP && ip6h->nexthdr != IPPROTO_UDP)
 		return XDP_PASS;
 	ports = (void *)(ip6h + 1);
 	if ((void *)(ports + 1) > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(dst, global, LB_DROP_MALFORMED);
 	__builtin_memcpy(pkt->flow.src, ip6h->daddr.in6_u.u6_addr32, 16);
 	__builtin_memcpy(pkt->flow.dst, ip6h->saddr.in6_u.u6_addr32, 16);
 	pkt->flow.sport = ports->dest;
@@ -151,29 +160,27 @@ static __always_inline int parse_ipv4(void *l3, void *data_end, struct packet *p
 	if ((void *)(iph + 1) > data_end)
 		return XDP_PASS;
 	addr_from_v4(&dst, iph->daddr);
-	if (!is_vip_addr(&dst))
-		return XDP_PASS;
 	ihl = iph->ihl;
 	tot_len = bpf_ntohs(iph->tot_len);
 	if (ihl < 5 || tot_len < ihl * 4 ||
 	    (void *)iph + tot_len > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(&dst, global, LB_DROP_MALFORMED);
 	if (iph->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET_MASK))
-		return drop(global, LB_DROP_FRAGMENT);
+		return drop_if_vip(&dst, global, LB_DROP_FRAGMENT);
 	pkt->family = LB_FAMILY_V4;
 	pkt->tos = iph->tos;
 	pkt->ip_len = tot_len;
 	pkt->flow.src[0] = iph->saddr;
 	pkt->flow.dst[0] = iph->daddr;
 	if (iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP)
-		return parse_ports((void *)iph + ihl * 4, data_end, iph->protocol, pkt, global);
+		return parse_ports((void *)iph + ihl * 4, data_end, iph->protocol, pkt, &dst, global);
 	if (iph->protocol == IPPROTO_ICMP) {
 		struct icmp_hdr_ *icmp = (void *)iph + ihl * 4;
 
 		if ((void *)(icmp + 1) > data_end)
-			return drop(global, LB_DROP_MALFORMED);
+			return drop_if_vip(&dst, global, LB_DROP_MALFORMED);
 		if (icmp->type == ICMP_DEST_UNREACH_ && icmp->code == ICMP_FRAG_NEEDED_)
-			return parse_icmp4_error((void *)(icmp + 1), data_end, pkt, global);
+			return parse_icmp4_error((void *)(icmp + 1), data_end, pkt, &dst, global);
 	}
 	return XDP_PASS;
 }
@@ -187,10 +194,8 @@ static __always_inline int parse_ipv6(void *l3, void *data_end, struct packet *p
 	if ((void *)(ip6h + 1) > data_end)
 		return XDP_PASS;
 	addr_from_v6(&dst, &ip6h->daddr);
-	if (!is_vip_addr(&dst))
-		return XDP_PASS;
 	if ((void *)(ip6h + 1) + bpf_ntohs(ip6h->payload_len) > data_end)
-		return drop(global, LB_DROP_MALFORMED);
+		return drop_if_vip(&dst, global, LB_DROP_MALFORMED);
 	pkt->family = LB_FAMILY_V6;
 	pkt->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
 	pkt->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
@@ -198,24 +203,27 @@ static __always_inline int parse_ipv6(void *l3, void *data_end, struct packet *p
 	__builtin_memcpy(pkt->flow.dst, ip6h->daddr.in6_u.u6_addr32, 16);
 	nexthdr = ip6h->nexthdr;
 	if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP)
-		return parse_ports((void *)(ip6h + 1), data_end, nexthdr, pkt, global);
+		return parse_ports((void *)(ip6h + 1), data_end, nexthdr, pkt, &dst, global);
 	if (nexthdr == IPV6_NH_FRAGMENT)
-		return drop(global, LB_DROP_FRAGMENT);
+		return drop_if_vip(&dst, global, LB_DROP_FRAGMENT);
 	if (nexthdr == IPV6_NH_HOP || nexthdr == IPV6_NH_ROUTING || nexthdr == IPV6_NH_DEST)
-		return drop(global, LB_DROP_IPV6_EXT);
+		return drop_if_vip(&dst, global, LB_DROP_IPV6_EXT);
 	if (nexthdr == IPPROTO_ICMPV6) {
 		struct icmp_hdr_ *icmp6 = (void *)(ip6h + 1);
 
 		if ((void *)(icmp6 + 1) > data_end)
-			return drop(global, LB_DROP_MALFORMED);
+			return drop_if_vip(&dst, global, LB_DROP_MALFORMED);
 		if (icmp6->type == ICMPV6_PKT_TOOBIG_)
-			return parse_icmp6_error((void *)(icmp6 + 1), data_end, pkt, global);
+			return parse_icmp6_error((void *)(icmp6 + 1), data_end, pkt, &dst, global);
 	}
 	return XDP_PASS;
 }
 
-/* The service of the packet: (VIP, port, proto), then (VIP, any port, proto). */
-static __always_inline struct vip_meta *lookup_service(struct packet *pkt)
+/*
+ * The service of the packet: (VIP, port, proto), then (VIP, any port, proto) only when the
+ * first misses and some "any port" service exists.
+ */
+static __always_inline struct vip_meta *lookup_service(struct packet *pkt, struct lb_config *cfg)
 {
 	struct vip_key key = {};
 	struct vip_meta *meta;
@@ -225,26 +233,26 @@ static __always_inline struct vip_meta *lookup_service(struct packet *pkt)
 	key.port = pkt->flow.dport;
 	key.proto = pkt->flow.proto;
 	meta = bpf_map_lookup_elem(&vips, &key);
-	if (meta)
+	if (meta || !cfg->any_port_services)
 		return meta;
 	key.port = 0;
 	return bpf_map_lookup_elem(&vips, &key);
 }
 
-/* The backend index from the flow table, if the flow is known and its backend still live. */
-static __always_inline __u32 flow_backend(struct packet *pkt)
+/* The backend from the flow table, if the flow is known and its backend still live. */
+static __always_inline struct backend *flow_backend(struct packet *pkt)
 {
 	struct flow_value *value = bpf_map_lookup_elem(&flows, &pkt->flow);
 	struct backend *backend;
 	__u32 index;
 
 	if (!value || value->backend == LB_NO_BACKEND)
-		return LB_NO_BACKEND;
+		return NULL;
 	index = value->backend;
 	backend = bpf_map_lookup_elem(&backends, &index);
 	if (!backend || backend->addr.family == 0)
-		return LB_NO_BACKEND;
-	return index;
+		return NULL;
+	return backend;
 }
 
 static __always_inline __u32 maglev_backend(struct lb_config *cfg, __u32 vip_num, __u32 hash)
@@ -268,7 +276,7 @@ static __always_inline __u16 csum_fold(__u32 sum)
 
 /* Writes the outer Ethernet (and VLAN) header; returns a pointer just past it, or NULL. */
 static __always_inline void *write_l2(void *data, void *data_end, struct packet *pkt,
-				      struct next_hop *nh, __be16 proto)
+				      struct backend *nh, __be16 proto)
 {
 	struct ethhdr *eth = data;
 
@@ -292,8 +300,7 @@ static __always_inline void *write_l2(void *data, void *data_end, struct packet 
 
 /* Prepends the outer header towards `backend`. LB_CONTINUE, or XDP_DROP (counted). */
 static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt, struct lb_config *cfg,
-				       struct backend *backend, struct next_hop *nh, __u32 slot,
-				       __u32 hash)
+				       struct backend *backend, __u32 slot, __u32 hash)
 {
 	__u8 inner_proto = pkt->family == LB_FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
 	void *data, *data_end, *l3;
@@ -311,7 +318,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt, s
 			return drop(slot, LB_DROP_ENCAP_FAILED);
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
-		l3 = write_l2(data, data_end, pkt, nh, bpf_htons(ETH_P_IPV4));
+		l3 = write_l2(data, data_end, pkt, backend, bpf_htons(ETH_P_IPV4));
 		if (!l3)
 			return drop(slot, LB_DROP_ENCAP_FAILED);
 		outer = l3;
@@ -344,7 +351,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt, s
 			return drop(slot, LB_DROP_ENCAP_FAILED);
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
-		l3 = write_l2(data, data_end, pkt, nh, bpf_htons(ETH_P_IPV6_));
+		l3 = write_l2(data, data_end, pkt, backend, bpf_htons(ETH_P_IPV6_));
 		if (!l3)
 			return drop(slot, LB_DROP_ENCAP_FAILED);
 		outer = l3;
@@ -371,25 +378,31 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, struc
 {
 	__u32 slot = meta->vip_num;
 	struct vip_stats *stats = stats_for(slot);
-	struct backend *backend;
-	struct next_hop *nh;
-	__u32 index = LB_NO_BACKEND;
-	__u32 hash, zero = 0;
+	struct backend *backend = NULL;
+	__u32 hash = 0;
 	int is_syn = pkt->flow.proto == IPPROTO_TCP && (pkt->tcp_flags & LB_TCP_SYN) &&
 		     !(pkt->tcp_flags & LB_TCP_ACK);
 	int act;
 
-	hash = lb_hash_flow((__u32 *)&pkt->flow, cfg->hash_seed);
 	if (!is_syn)
-		index = flow_backend(pkt);
-	if (index != LB_NO_BACKEND) {
+		backend = flow_backend(pkt);
+	if (backend) {
 		if (stats)
 			stats->flow_hits += 1;
+		/* The hash is only needed for the outer IPv6 flow label. */
+		if (backend->addr.family == LB_FAMILY_V6)
+			hash = lb_hash_flow((__u32 *)&pkt->flow, cfg->hash_seed);
 	} else {
+		__u32 index;
+
 		if (stats)
 			stats->flow_misses += 1;
+		hash = lb_hash_flow((__u32 *)&pkt->flow, cfg->hash_seed);
 		index = maglev_backend(cfg, slot, hash);
 		if (index == LB_NO_BACKEND)
+			return drop(slot, LB_DROP_NO_BACKEND);
+		backend = bpf_map_lookup_elem(&backends, &index);
+		if (!backend || backend->addr.family == 0)
 			return drop(slot, LB_DROP_NO_BACKEND);
 		if (!pkt->icmp_error) {
 			struct flow_value value = { .backend = index };
@@ -397,15 +410,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, struc
 			bpf_map_update_elem(&flows, &pkt->flow, &value, BPF_ANY);
 		}
 	}
-	backend = bpf_map_lookup_elem(&backends, &index);
-	if (!backend || backend->addr.family == 0)
-		return drop(slot, LB_DROP_NO_BACKEND);
-	nh = bpf_map_lookup_elem(&next_hops, &index);
-	if (!nh || !nh->valid)
-		nh = bpf_map_lookup_elem(&next_hops, &zero);
-	if (!nh || !nh->valid)
+	if (!backend->hop_valid)
 		return drop(slot, LB_DROP_NO_NEXT_HOP);
-	act = encapsulate(ctx, pkt, cfg, backend, nh, slot, hash);
+	act = encapsulate(ctx, pkt, cfg, backend, slot, hash);
 	if (act >= 0)
 		return act;
 	if (stats) {
@@ -441,7 +448,7 @@ int xdp_lb(struct xdp_md *ctx)
 		act = parse_ipv6(l3, data_end, &pkt, cfg->global_stats_slot);
 	if (act >= 0)
 		return act;
-	meta = lookup_service(&pkt);
+	meta = lookup_service(&pkt, cfg);
 	if (!meta)
 		return XDP_PASS;
 	return forward(ctx, &pkt, cfg, meta, data_end - data);

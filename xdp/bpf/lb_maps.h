@@ -14,7 +14,10 @@ struct {
 	__uint(max_entries, 1);
 } lb_config SEC(".maps");
 
-/* VIP address -> 1 (any service on it): the fast "not ours" test before L4 parsing */
+/*
+ * VIP address -> 1 (any service on it). Consulted only off the forwarding path, to decide
+ * whether a fragment or a malformed packet is addressed to a VIP (drop, counted) or not (pass).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct lb_addr);
@@ -38,21 +41,13 @@ struct {
 	__uint(max_entries, 16381);
 } maglev_rings SEC(".maps");
 
-/* backend index -> backend node address */
+/* backend index -> backend node address and outer MACs (index 0 unused) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct backend);
 	__uint(max_entries, 4096);
 } backends SEC(".maps");
-
-/* backend index -> outer MACs; index 0 is the default used when a backend has none */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct next_hop);
-	__uint(max_entries, 4096);
-} next_hops SEC(".maps");
 
 /*
  * 5-tuple -> backend index. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU: each CPU evicts from its

@@ -27,12 +27,21 @@ struct vip_meta {
 	__u32 flags;
 };
 
-/* A backend node: the outer destination address. family 0 = unused index. */
+/*
+ * A backend node: the outer destination address and the outer MACs towards it, in one value so
+ * that one (inlined) array lookup gives both. family 0 = unused index.
+ */
 struct backend {
 	struct lb_addr addr;
+	__u8 dst_mac[6];
+	__u8 src_mac[6];
+	/* Non-zero when the MACs are set (the backend's own next hop, or the default copied in). */
+	__u16 hop_valid;
+	/* Non-zero when the MACs are the backend's own next hop (user space bookkeeping). */
+	__u16 hop_own;
 };
 
-/* Outer Ethernet addresses towards a backend. */
+/* Outer Ethernet addresses (the default next hop, kept in lb_config for restarts). */
 struct next_hop {
 	__u8 dst_mac[6];
 	__u8 src_mac[6];
@@ -55,6 +64,10 @@ struct lb_config {
 	/* This node's outer source addresses (family 0 = not configured). */
 	struct lb_addr local_v4;
 	struct lb_addr local_v6;
+	/* Number of "any port" services: 0 skips the second service lookup. */
+	__u32 any_port_services;
+	/* Default next hop, copied by user space into backends without their own (not read here). */
+	struct next_hop default_hop;
 };
 
 /* A flow's 5-tuple; also the input of the Maglev hash (10 words, see src/hash.rs). */

@@ -152,6 +152,12 @@ pub(crate) struct VipMeta {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct BackendEntry {
     pub addr: LbAddr,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// Non-zero when the MACs are set.
+    pub hop_valid: u16,
+    /// Non-zero when the MACs are the backend's own next hop rather than the default.
+    pub hop_own: u16,
 }
 
 /// `struct next_hop`.
@@ -174,6 +180,8 @@ pub(crate) struct LbConfig {
     pub egress_ifindex: u32,
     pub local_v4: LbAddr,
     pub local_v6: LbAddr,
+    pub any_port_services: u32,
+    pub default_hop: NextHopEntry,
 }
 
 /// `struct flow_key`.
@@ -256,9 +264,9 @@ mod tests {
         assert_eq!(size_of::<LbAddr>(), 20);
         assert_eq!(size_of::<VipKey>(), 24);
         assert_eq!(size_of::<VipMeta>(), 8);
-        assert_eq!(size_of::<BackendEntry>(), 20);
+        assert_eq!(size_of::<BackendEntry>(), 36);
         assert_eq!(size_of::<NextHopEntry>(), 16);
-        assert_eq!(size_of::<LbConfig>(), 60);
+        assert_eq!(size_of::<LbConfig>(), 80);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<VipStats>(), 8 * (4 + DROP_REASONS));
     }

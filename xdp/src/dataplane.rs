@@ -316,13 +316,12 @@ fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> DataplaneErro
 }
 
 /// Map names and what `load` sizes them to.
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 7] = [
     "lb_config",
     "vip_addrs",
     "vips",
     "maglev_rings",
     "backends",
-    "next_hops",
     "flows",
     "vip_stats",
 ];
@@ -339,12 +338,14 @@ struct BackendSlot {
     users: usize,
 }
 
-struct Attachment {
-    ifname: String,
-    link: AttachedLink,
+/// One interface a program is attached to.
+pub(crate) struct Attachment {
+    pub(crate) ifname: String,
+    pub(crate) link: AttachedLink,
 }
 
-enum AttachedLink {
+/// Who keeps an attachment alive.
+pub(crate) enum AttachedLink {
     /// Owned by the program; detached when the program drops.
     Owned,
     /// Pinned at this path; survives the process.
@@ -357,7 +358,10 @@ pub struct Dataplane {
     config: DataplaneConfig,
     services: HashMap<Service, ServiceState>,
     backends: HashMap<IpAddr, BackendSlot>,
+    /// Backends' own next hops (also for backends not in any service yet).
     next_hops: HashMap<IpAddr, NextHop>,
+    /// Next hop of backends without their own, copied into their `backends` entries.
+    default_hop: Option<NextHop>,
     attachments: Vec<Attachment>,
 }
 
@@ -381,7 +385,6 @@ impl Dataplane {
             .map_max_entries("vips", config.max_vips)
             .map_max_entries("maglev_rings", ring_entries)
             .map_max_entries("backends", config.max_backends)
-            .map_max_entries("next_hops", config.max_backends)
             .map_max_entries("flows", config.flow_table_size)
             .map_max_entries("vip_stats", config.max_vips + 1);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &config.pin_dir {
@@ -410,6 +413,7 @@ impl Dataplane {
             services: HashMap::new(),
             backends: HashMap::new(),
             next_hops: HashMap::new(),
+            default_hop: None,
             attachments: Vec::new(),
         };
         dataplane.recover()?;
@@ -437,6 +441,8 @@ impl Dataplane {
                 .local_v6
                 .map(|a| LbAddr::from_ip(a.into()))
                 .unwrap_or_default(),
+            any_port_services: self.services.keys().filter(|s| s.port == 0).count() as u32,
+            default_hop: self.default_hop.map(NextHop::entry).unwrap_or_default(),
         };
         let mut map: Array<&mut MapData, LbConfig> =
             Array::try_from(self.map("lb_config")?).map_err(map_err("lb_config"))?;
@@ -451,6 +457,12 @@ impl Dataplane {
                 Array::try_from(self.map("lb_config")?).map_err(map_err("lb_config"))?;
             map.get(&0, 0).map_err(map_err("lb_config"))?
         };
+        if pinned.default_hop.valid != 0 {
+            self.default_hop = Some(NextHop {
+                dst_mac: pinned.default_hop.dst_mac,
+                src_mac: pinned.default_hop.src_mac,
+            });
+        }
         let entries: Vec<(VipKey, VipMeta)> = {
             let map: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 BpfHashMap::try_from(self.map("vips")?).map_err(map_err("vips"))?;
@@ -494,27 +506,6 @@ impl Dataplane {
                 self.count_user(index)?;
             }
         }
-        let hops: Array<&mut MapData, NextHopEntry> =
-            Array::try_from(self.map("next_hops")?).map_err(map_err("next_hops"))?;
-        let hop_entries = used
-            .iter()
-            .map(|&index| hops.get(&index, 0).map(|hop| (index, hop)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err("next_hops"))?;
-        for (index, hop) in hop_entries {
-            if hop.valid == 0 {
-                continue;
-            }
-            if let Some((addr, _)) = self.backends.iter().find(|(_, slot)| slot.index == index) {
-                self.next_hops.insert(
-                    *addr,
-                    NextHop {
-                        dst_mac: hop.dst_mac,
-                        src_mac: hop.src_mac,
-                    },
-                );
-            }
-        }
         Ok(())
     }
 
@@ -529,6 +520,15 @@ impl Dataplane {
         let entry = map.get(&index, 0).map_err(map_err("backends"))?;
         if let Some(addr) = entry.addr.to_ip() {
             self.backends.insert(addr, BackendSlot { index, users: 1 });
+            if entry.hop_own != 0 {
+                self.next_hops.insert(
+                    addr,
+                    NextHop {
+                        dst_mac: entry.dst_mac,
+                        src_mac: entry.src_mac,
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -537,57 +537,14 @@ impl Dataplane {
     /// mode first, generic mode if the driver refuses; logs which. With `pin_dir`, a link
     /// pinned by a previous process is reused instead (atomic program swap).
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, DataplaneError> {
-        let pin_path = self
-            .config
-            .pin_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("link_{ifname}")));
+        let pin_dir = self.config.pin_dir.clone();
         let program: &mut Xdp = self
             .ebpf
             .program_mut("xdp_lb")
             .ok_or(DataplaneError::Missing("program xdp_lb"))?
             .try_into()
             .map_err(prog_err("xdp_lb"))?;
-        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Pin {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let link =
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let id = program.attach_to_link(link).map_err(prog_err("xdp_lb"))?;
-            // The pin still refers to the same link; release our handle without detaching.
-            let link = program.take_link(id).map_err(prog_err("xdp_lb"))?;
-            drop(FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?);
-            tracing::info!(ifname, "xdp_lb swapped into the pinned link");
-            self.attachments.push(Attachment {
-                ifname: ifname.to_owned(),
-                link: AttachedLink::Pinned(path.clone()),
-            });
-            return Ok(AttachMode::Reused);
-        }
-        let (id, mode) = attach_with_fallback(program, "xdp_lb", ifname)?;
-        let link = match pin_path {
-            Some(path) => {
-                let link = program.take_link(id).map_err(prog_err("xdp_lb"))?;
-                let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: format!("not a bpf_link, cannot pin: {e}"),
-                })?;
-                fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                AttachedLink::Pinned(path)
-            }
-            None => AttachedLink::Owned,
-        };
+        let (mode, link) = attach_maybe_pinned(program, "xdp_lb", ifname, pin_dir.as_deref())?;
         self.attachments.push(Attachment {
             ifname: ifname.to_owned(),
             link,
@@ -655,6 +612,10 @@ impl Dataplane {
                 ring: new_ring,
             },
         );
+        if is_new && service.port == 0 {
+            // The program looks up "any port" services only while the count is non-zero.
+            self.write_config()?;
+        }
         for &index in after.difference(&before) {
             if let Some(slot) = self.backends.values_mut().find(|s| s.index == index) {
                 slot.users += 1;
@@ -683,6 +644,9 @@ impl Dataplane {
             let mut vips: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 BpfHashMap::try_from(self.map("vips")?).map_err(map_err("vips"))?;
             vips.remove(&service.key()).map_err(map_err("vips"))?;
+        }
+        if service.port == 0 {
+            self.write_config()?;
         }
         if !self.services.keys().any(|s| s.vip == service.vip) {
             let mut addrs: BpfHashMap<&mut MapData, LbAddr, u32> =
@@ -715,21 +679,43 @@ impl Dataplane {
     pub fn set_next_hop(&mut self, backend: IpAddr, hop: NextHop) -> Result<(), DataplaneError> {
         self.next_hops.insert(backend, hop);
         if let Some(index) = self.backends.get(&backend).map(|s| s.index) {
-            self.write_next_hop(index, hop.entry())?;
+            self.write_backend(backend, index)?;
         }
         Ok(())
     }
 
     /// Sets the outer MACs used for backends without a next hop of their own (a default
-    /// gateway, or a shared L2 segment's router).
+    /// gateway, or a shared L2 segment's router). It is copied into every such backend's entry,
+    /// so the program finds address and MACs with one lookup.
     pub fn set_default_next_hop(&mut self, hop: NextHop) -> Result<(), DataplaneError> {
-        self.write_next_hop(0, hop.entry())
+        self.default_hop = Some(hop);
+        self.write_config()?;
+        let defaulted: Vec<(IpAddr, u32)> = self
+            .backends
+            .iter()
+            .filter(|(addr, _)| !self.next_hops.contains_key(addr))
+            .map(|(addr, slot)| (*addr, slot.index))
+            .collect();
+        for (addr, index) in defaulted {
+            self.write_backend(addr, index)?;
+        }
+        Ok(())
     }
 
-    fn write_next_hop(&mut self, index: u32, entry: NextHopEntry) -> Result<(), DataplaneError> {
-        let mut hops: Array<&mut MapData, NextHopEntry> =
-            Array::try_from(self.map("next_hops")?).map_err(map_err("next_hops"))?;
-        hops.set(index, entry, 0).map_err(map_err("next_hops"))
+    /// Writes backend `addr`'s entry at `index`: its address and its own or the default MACs.
+    fn write_backend(&mut self, addr: IpAddr, index: u32) -> Result<(), DataplaneError> {
+        let own = self.next_hops.get(&addr).copied();
+        let hop = own.or(self.default_hop);
+        let entry = BackendEntry {
+            addr: LbAddr::from_ip(addr),
+            dst_mac: hop.map(|h| h.dst_mac).unwrap_or_default(),
+            src_mac: hop.map(|h| h.src_mac).unwrap_or_default(),
+            hop_valid: u16::from(hop.is_some()),
+            hop_own: u16::from(own.is_some()),
+        };
+        let mut map: Array<&mut MapData, BackendEntry> =
+            Array::try_from(self.map("backends")?).map_err(map_err("backends"))?;
+        map.set(index, entry, 0).map_err(map_err("backends"))
     }
 
     /// The counters of `service`, or `None` when it is not programmed.
@@ -779,24 +765,10 @@ impl Dataplane {
     /// stops load balancing for good; a process restart should just drop the `Dataplane`.
     pub fn shutdown(mut self) -> Result<(), DataplaneError> {
         for attachment in std::mem::take(&mut self.attachments) {
-            if let AttachedLink::Pinned(path) = attachment.link {
-                let pinned = PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                let link = pinned.unpin().map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                drop(link);
-                tracing::info!(ifname = attachment.ifname, "xdp_lb detached");
-            }
+            detach(&attachment, "xdp_lb")?;
         }
         if let Some(dir) = &self.config.pin_dir {
-            for name in MAPS {
-                remove_pin(&dir.join(name))?;
-            }
-            let _ = std::fs::remove_dir(dir);
+            remove_pins(dir, &MAPS)?;
         }
         Ok(())
     }
@@ -817,22 +789,7 @@ impl Dataplane {
         let index = (1..self.config.max_backends)
             .find(|i| !used.contains(i))
             .ok_or(DataplaneError::TooManyBackends(self.config.max_backends))?;
-        let hop = self
-            .next_hops
-            .get(&addr)
-            .map(|h| h.entry())
-            .unwrap_or_default();
-        self.write_next_hop(index, hop)?;
-        let mut map: Array<&mut MapData, BackendEntry> =
-            Array::try_from(self.map("backends")?).map_err(map_err("backends"))?;
-        map.set(
-            index,
-            BackendEntry {
-                addr: LbAddr::from_ip(addr),
-            },
-            0,
-        )
-        .map_err(map_err("backends"))?;
+        self.write_backend(addr, index)?;
         self.backends.insert(addr, BackendSlot { index, users: 0 });
         Ok(index)
     }
@@ -861,7 +818,6 @@ impl Dataplane {
             map.set(index, BackendEntry::default(), 0)
                 .map_err(map_err("backends"))?;
         }
-        self.write_next_hop(index, NextHopEntry::default())?;
         self.purge_flows(None, index)
     }
 
@@ -959,6 +915,74 @@ pub(crate) fn attach_with_fallback(
     };
     tracing::info!(ifname, program = name, ?mode, "XDP program attached");
     Ok((id, mode))
+}
+
+/// Attaches `program` to `ifname`. Without `pin_dir`: native, else generic mode, owned by the
+/// program. With `pin_dir`: a link pinned there as `link_<ifname>` by a previous process gets
+/// the new program swapped in (`BPF_LINK_UPDATE`, atomic; [`AttachMode::Reused`]), otherwise a
+/// new link is made and pinned there, so it outlives the process.
+pub(crate) fn attach_maybe_pinned(
+    program: &mut Xdp,
+    name: &'static str,
+    ifname: &str,
+    pin_dir: Option<&Path>,
+) -> Result<(AttachMode, AttachedLink), DataplaneError> {
+    let pin_path = pin_dir.map(|dir| dir.join(format!("link_{ifname}")));
+    let pin_error = |path: &Path, reason: String| DataplaneError::Pin {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e.to_string()))?;
+        let link =
+            XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(path, e.to_string()))?;
+        let id = program.attach_to_link(link).map_err(prog_err(name))?;
+        // The pin still refers to the same link; release our handle without detaching.
+        let link = program.take_link(id).map_err(prog_err(name))?;
+        drop(FdLink::try_from(link).map_err(|e| pin_error(path, e.to_string()))?);
+        tracing::info!(ifname, program = name, "swapped into the pinned link");
+        return Ok((AttachMode::Reused, AttachedLink::Pinned(path.clone())));
+    }
+    let (id, mode) = attach_with_fallback(program, name, ifname)?;
+    let link = match pin_path {
+        Some(path) => {
+            let link = program.take_link(id).map_err(prog_err(name))?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|e| pin_error(&path, format!("not a bpf_link, cannot pin: {e}")))?;
+            fd_link
+                .pin(&path)
+                .map_err(|e| pin_error(&path, e.to_string()))?;
+            AttachedLink::Pinned(path)
+        }
+        None => AttachedLink::Owned,
+    };
+    Ok((mode, link))
+}
+
+/// Detaches a pinned attachment and removes its pin (an owned one goes with its program).
+pub(crate) fn detach(attachment: &Attachment, name: &'static str) -> Result<(), DataplaneError> {
+    if let AttachedLink::Pinned(path) = &attachment.link {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let link = pinned.unpin().map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        drop(link);
+        tracing::info!(ifname = attachment.ifname, program = name, "detached");
+    }
+    Ok(())
+}
+
+/// Removes the pinned maps `names` from `dir`, then `dir` if it is empty.
+pub(crate) fn remove_pins(dir: &Path, names: &[&str]) -> Result<(), DataplaneError> {
+    for name in names {
+        remove_pin(&dir.join(name))?;
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
 }
 
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {

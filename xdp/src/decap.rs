@@ -1,18 +1,34 @@
 //! The backend node's side: loads `decap.bpf.c`, which strips IP-in-IP / IPv6-in-IPv6 headers
 //! whose inner destination is a known VIP and passes the client's packet to the stack.
 //!
-//! The program is attached for as long as the [`Decap`] lives (no pinning: a restart costs the
-//! few packets that arrive while it reloads, and the VIP list is re-applied by the caller).
+//! # Restarts
+//!
+//! Loaded with [`Decap::load`], the program is attached for as long as the [`Decap`] lives.
+//! Loaded with [`Decap::load_pinned`], its maps (`decap_vips`, `decap_stats`) are pinned in the
+//! given bpffs directory and each attachment is a bpf_link pinned there as `link_<ifname>`, as
+//! the load balancer's are: dropping the `Decap` leaves the program decapsulating with its VIP
+//! list; the next `load_pinned` with the same directory reuses the maps (VIPs included) and
+//! [`Decap::attach`] swaps the new program into the pinned link atomically
+//! ([`AttachMode::Reused`]). [`Decap::shutdown`] detaches and removes the pins. Use a directory
+//! of its own (not the load balancer's): both name their links `link_<ifname>`.
+//!
 //! It must not decapsulate anything whose inner destination is not in its VIP list.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::Xdp;
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{DecapStats, LbAddr};
-use crate::dataplane::{attach_with_fallback, run_xdp, AttachMode, DataplaneError, TestRunOutput};
+use crate::dataplane::{
+    attach_maybe_pinned, detach, remove_pins, run_xdp, AttachMode, Attachment, DataplaneError,
+    TestRunOutput,
+};
+
+/// The maps of `decap.bpf.c`, pinned by these names.
+const MAPS: [&str; 2] = ["decap_vips", "decap_stats"];
 
 static DECAP_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/decap.bpf.o"));
 
@@ -30,6 +46,8 @@ pub struct DecapCounters {
 /// The loaded decap program.
 pub struct Decap {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    attachments: Vec<Attachment>,
 }
 
 fn program_error(source: aya::programs::ProgramError) -> DataplaneError {
@@ -47,16 +65,40 @@ fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Dataplane
 }
 
 impl Decap {
-    /// Loads the program (not attached yet).
+    /// Loads the program (not attached yet); nothing pinned, detached on drop.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(DECAP_OBJECT).map_err(Box::new)?;
+        Self::load_from(None)
+    }
+
+    /// Loads the program with maps and links pinned in bpffs directory `pin_dir` (created if
+    /// missing), reusing what a previous process pinned there. See the module documentation.
+    pub fn load_pinned(pin_dir: impl Into<PathBuf>) -> Result<Self, DataplaneError> {
+        Self::load_from(Some(pin_dir.into()))
+    }
+
+    fn load_from(pin_dir: Option<PathBuf>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = &pin_dir {
+            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::Pin {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            for name in MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(DECAP_OBJECT).map_err(Box::new)?;
         let program: &mut Xdp = ebpf
             .program_mut("xdp_decap")
             .ok_or(DataplaneError::Missing("program xdp_decap"))?
             .try_into()
             .map_err(program_error)?;
         program.load().map_err(program_error)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            attachments: Vec::new(),
+        })
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
@@ -68,8 +110,28 @@ impl Decap {
     }
 
     /// Attaches to `ifname` (calling thread's namespace), native mode first, then generic.
+    /// When pinned, a link a previous process pinned for `ifname` is reused instead.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, DataplaneError> {
-        attach_with_fallback(self.program()?, "xdp_decap", ifname).map(|(_, mode)| mode)
+        let pin_dir = self.pin_dir.clone();
+        let (mode, link) =
+            attach_maybe_pinned(self.program()?, "xdp_decap", ifname, pin_dir.as_deref())?;
+        self.attachments.push(Attachment {
+            ifname: ifname.to_owned(),
+            link,
+        });
+        Ok(mode)
+    }
+
+    /// Detaches from every interface and removes pinned links and maps. Use when the node
+    /// stops being a backend for good; a process restart should just drop the `Decap`.
+    pub fn shutdown(mut self) -> Result<(), DataplaneError> {
+        for attachment in std::mem::take(&mut self.attachments) {
+            detach(&attachment, "xdp_decap")?;
+        }
+        if let Some(dir) = &self.pin_dir {
+            remove_pins(dir, &MAPS)?;
+        }
+        Ok(())
     }
 
     /// Accepts tunnelled packets whose inner destination is `vip`.

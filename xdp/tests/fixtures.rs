@@ -210,6 +210,18 @@ fn lb_fixtures_give_the_expected_verdict_and_bytes() {
         0,
         &[6, 0, 1, 4, 0, 0, 0, 0],
     );
+    let mut other_frag = V4::new(ip4(CLIENT4), ip4("198.51.100.99"), UDP);
+    other_frag.frag = 0x2000;
+    let non_vip_fragment = other_frag.packet(&udp(5353, 53, b"not ours"));
+    let non_vip_v6_frag = v6_packet(
+        ip6(CLIENT6),
+        ip6("2001:db8:99::1"),
+        44,
+        &[6, 0, 0, 1, 0, 0, 0, 1],
+    );
+    let mut non_vip_truncated = tcp4("198.51.100.99", 40017, 80, SYN);
+    non_vip_truncated.truncate(30);
+    non_vip_truncated[2..4].copy_from_slice(&30u16.to_be_bytes());
     let mut truncated_tcp = tcp4("203.0.113.10", 40009, 80, SYN);
     truncated_tcp.truncate(30); // IP header + 10 bytes of TCP
     truncated_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
@@ -433,6 +445,24 @@ fn lb_fixtures_give_the_expected_verdict_and_bytes() {
             output: None,
         },
         Fixture {
+            description: "an IPv4 fragment to a non-VIP address passes untouched",
+            input: in_frame(&non_vip_fragment),
+            verdict: XDP_PASS,
+            output: None,
+        },
+        Fixture {
+            description: "an IPv6 fragment to a non-VIP address passes untouched",
+            input: in_frame6(&non_vip_v6_frag),
+            verdict: XDP_PASS,
+            output: None,
+        },
+        Fixture {
+            description: "a truncated TCP header to a non-VIP address passes untouched",
+            input: in_frame(&non_vip_truncated),
+            verdict: XDP_PASS,
+            output: None,
+        },
+        Fixture {
             description: "oversize after encapsulation is dropped",
             input: in_frame(&big),
             verdict: XDP_DROP,
@@ -625,6 +655,57 @@ fn removing_a_backend_purges_its_flows_and_moves_only_them() {
 }
 
 #[test]
+fn next_hops_reach_backends_already_in_use_and_any_port_services_only_while_they_exist() {
+    assert!(cairn_e2e::netns::is_root(), "BPF fixtures need root");
+    let mut dp = Dataplane::load(DataplaneConfig {
+        hash_seed: SEED,
+        local_v4: Some(ip4(LOCAL4)),
+        ..DataplaneConfig::default()
+    })
+    .expect("load");
+    let svc = service("203.0.113.50", 80, Protocol::Tcp);
+    let a: IpAddr = "198.51.100.81".parse().expect("addr");
+    dp.set_vip(svc, &[WeightedBackend { addr: a, weight: 1 }])
+        .expect("set");
+    let syn = in_frame(&tcp4("203.0.113.50", 46000, 80, SYN));
+    assert_eq!(dp.test_run(&syn, 1).expect("run").verdict, XDP_DROP);
+    let counters = dp.counters(svc).expect("counters").expect("exists");
+    assert_eq!(counters.drops(DropReason::NoNextHop), 1);
+
+    // The default, set after the backend got its index, is copied into its entry.
+    dp.set_default_next_hop(NextHop {
+        dst_mac: NH_DST,
+        src_mac: NH_SRC,
+    })
+    .expect("default hop");
+    let out = dp.test_run(&syn, 1).expect("run");
+    assert_eq!((out.verdict, &out.data[..6]), (XDP_TX, &NH_DST[..]));
+    // The backend's own next hop wins over the default.
+    dp.set_next_hop(
+        a,
+        NextHop {
+            dst_mac: B13_MAC,
+            src_mac: NH_SRC,
+        },
+    )
+    .expect("own hop");
+    let out = dp.test_run(&syn, 1).expect("run");
+    assert_eq!((out.verdict, &out.data[..6]), (XDP_TX, &B13_MAC[..]));
+
+    // An "any port" service is looked up while it exists, and only then.
+    let any = service("203.0.113.51", 0, Protocol::Tcp);
+    let to_any = in_frame(&tcp4("203.0.113.51", 46001, 4444, SYN));
+    assert_eq!(dp.test_run(&to_any, 1).expect("run").verdict, XDP_PASS);
+    dp.set_vip(any, &[WeightedBackend { addr: a, weight: 1 }])
+        .expect("set any");
+    let out = dp.test_run(&to_any, 1).expect("run");
+    assert_eq!((out.verdict, outer_dst(&out.data)), (XDP_TX, a));
+    assert!(dp.remove_vip(any).expect("remove any"));
+    let out = dp.test_run(&to_any, 1).expect("run");
+    assert_eq!((out.verdict, &out.data), (XDP_PASS, &to_any));
+}
+
+#[test]
 fn a_restart_with_pinned_maps_keeps_services_forwarding_and_flows() {
     assert!(cairn_e2e::netns::is_root(), "BPF tests need root");
     let dir =
@@ -676,6 +757,15 @@ fn a_restart_with_pinned_maps_keeps_services_forwarding_and_flows() {
     let counters = dp.counters(svc).expect("counters").expect("exists");
     assert!(counters.flow_hits >= 1);
     assert_eq!(outer_dst(&dp.test_run(&ack, 1).expect("run").data), a);
+    // b, new after the restart, gets the default next hop recovered from the pins.
+    let port = port_mapping_to(&dp, svc, b, None);
+    let to_b = dp
+        .test_run(&in_frame(&tcp4("203.0.113.42", port, 80, SYN)), 1)
+        .expect("run");
+    assert_eq!(
+        (to_b.verdict, outer_dst(&to_b.data), &to_b.data[..6]),
+        (XDP_TX, b, &NH_DST[..])
+    );
     dp.shutdown().expect("shutdown");
     assert!(!dir.exists(), "shutdown removes the pins");
 }
