@@ -3,5 +3,6 @@
 //! faithful stand-in for kube-apiserver. The lab and the demo build on these (issue 10).
 
 pub mod apiserver;
+pub mod lab;
 pub mod netns;
 pub mod routers;

@@ -41,10 +41,13 @@ pub enum NetnsError {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A network namespace owned by this process; deleted (with its processes) on drop.
+/// A network namespace. Those made by [`Netns::new`] are owned by this process and deleted (with
+/// their processes) on drop; those made by [`Netns::create_named`] or [`Netns::adopt`] persist,
+/// with their processes, until someone deletes them (the lab's `down`).
 pub struct Netns {
     name: String,
     children: Mutex<Vec<Child>>,
+    delete_on_drop: bool,
 }
 
 impl Netns {
@@ -53,10 +56,32 @@ impl Netns {
     pub fn new(tag: &str) -> Result<Self, NetnsError> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("cairn-{tag}-{}-{n}", std::process::id());
+        Self::add(name, true)
+    }
+
+    /// Creates the namespace `name` exactly (loopback up, DAD off, as [`Netns::new`]) and leaves
+    /// it, and the processes started in it, in place on drop. For the lab, whose namespaces have
+    /// fixed names and outlive the process that made them.
+    pub fn create_named(name: &str) -> Result<Self, NetnsError> {
+        Self::add(name.to_owned(), false)
+    }
+
+    /// A handle on an existing namespace `name`, left in place on drop (as is everything started
+    /// in it through this handle).
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            children: Mutex::new(Vec::new()),
+            delete_on_drop: false,
+        }
+    }
+
+    fn add(name: String, delete_on_drop: bool) -> Result<Self, NetnsError> {
         run_checked(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self {
             name,
             children: Mutex::new(Vec::new()),
+            delete_on_drop,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         for key in [
@@ -92,7 +117,8 @@ impl Netns {
         command
     }
 
-    /// Starts a long-running process inside the namespace; it is killed when the namespace drops.
+    /// Starts a long-running process inside the namespace; it is killed when the namespace drops
+    /// (unless the namespace persists, see [`Netns::create_named`]).
     /// Its stdout and stderr go to `log` when given, otherwise they are discarded.
     pub fn spawn<S: AsRef<OsStr>>(
         &self,
@@ -207,6 +233,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.delete_on_drop {
+            return;
+        }
         self.kill_all();
         kill_pids_in(&self.name);
         let _ = Command::new("ip")
@@ -218,7 +247,7 @@ impl Drop for Netns {
 
 /// Kills every process still inside the named namespace (those not started through `spawn`,
 /// such as daemons that fork).
-fn kill_pids_in(name: &str) {
+pub fn kill_pids_in(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {

@@ -14,6 +14,7 @@ const BENCHES: &[(&str, &str, u32)] = &[
     ("bgp", "cairn-bgp", 9),
     ("xdp", "cairn-xdp", 8),
     ("ownership", "cairn-speaker", 7),
+    ("leases", "cairn-speaker", 7),
 ];
 
 fn folder(package: &str) -> &str {

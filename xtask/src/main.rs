@@ -3,10 +3,12 @@
 //! - `test`: install missing Debian packages, then fmt, clippy and every test (root only).
 //! - `bench [NAME...]`: release-mode benchmarks, one `bench <metric> <value> <unit>` line each.
 //! - `crds`: regenerate `manifests/crds/` from the types in `api/`.
+//! - `lab up|down|status`: the lab of network namespaces the demo runs in (see `lab.rs`).
 //! - `demo`: what Cairn does, shown on this machine (see `demo.rs` for what runs today).
 
 mod bench;
 mod demo;
+mod lab;
 mod packages;
 
 use std::path::{Path, PathBuf};
@@ -28,13 +30,19 @@ enum Task {
     Test,
     /// Run benchmarks in release mode and print one `bench <metric> <value> <unit>` line each
     Bench {
-        /// Benchmarks to run (default: all): allocator, apiserver, arp, bgp, xdp, ownership
+        /// Benchmarks to run (default: all): allocator, controller, apiserver, arp, bgp, xdp, ownership, leases
         names: Vec<String>,
     },
     /// Regenerate manifests/crds/*.yaml from the Rust types
     Crds,
     /// Show Cairn working on this machine
     Demo,
+    /// Bring the lab (network namespaces, FRR, lab API server, backends) up or down (needs root)
+    Lab {
+        /// up, down or status
+        #[arg(value_enum)]
+        action: lab::Action,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +52,7 @@ fn main() -> Result<()> {
         Task::Bench { names } => bench::run(&root, &names),
         Task::Crds => crds(&root),
         Task::Demo => demo::run(&root),
+        Task::Lab { action } => lab::run(&root, action),
     }
 }
 
