@@ -187,14 +187,8 @@ fn family_policy(
     }
 }
 
-fn parse_ip_list(text: &str) -> Option<Vec<IpAddr>> {
-    let ips: Option<Vec<IpAddr>> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().ok())
-        .collect();
-    ips.filter(|ips| !ips.is_empty())
+fn nonempty_ip_list(text: &str) -> Option<Vec<IpAddr>> {
+    keys::parse_ip_list(text).filter(|ips| !ips.is_empty())
 }
 
 /// The addresses in `status.loadBalancer.ingress`.
@@ -219,7 +213,7 @@ pub fn persisted_binding(
     let annotations = annotations(svc);
     if let Some(ips) = annotations
         .get(keys::ALLOCATED_IPS)
-        .and_then(|t| parse_ip_list(t))
+        .and_then(|t| nonempty_ip_list(t))
     {
         let pool = annotations
             .get(keys::ALLOCATED_POOL)
@@ -245,7 +239,7 @@ pub fn annotations_record(svc: &Service, binding: Option<&Binding>) -> bool {
     match binding {
         None => recorded_ips.is_none() && recorded_pool.is_none(),
         Some(b) => {
-            recorded_ips.and_then(|t| parse_ip_list(t)).as_ref() == Some(&b.ips)
+            recorded_ips.and_then(|t| nonempty_ip_list(t)).as_ref() == Some(&b.ips)
                 && recorded_pool == Some(&b.pool)
         }
     }
@@ -261,13 +255,7 @@ pub fn status_records(svc: &Service, binding: Option<&Binding>) -> bool {
 pub fn annotations_patch(binding: Option<&Binding>, resource_version: &str) -> Value {
     let (ips, pool) = match binding {
         Some(b) => (
-            Value::from(
-                b.ips
-                    .iter()
-                    .map(IpAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            Value::from(keys::format_ip_list(&b.ips)),
             Value::from(b.pool.clone()),
         ),
         None => (Value::Null, Value::Null),

@@ -62,6 +62,24 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "cairn.io/lb";
 pub const EXCLUDE_FROM_EXTERNAL_LB_LABEL: &str =
     "node.kubernetes.io/exclude-from-external-load-balancers";
 
+/// Parses an address list as written in `cairn.io/allocated-ips` (comma-separated, blanks
+/// around entries allowed, empty entries skipped); `None` when any entry is not an address.
+pub fn parse_ip_list(text: &str) -> Option<Vec<std::net::IpAddr>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Formats addresses for `cairn.io/allocated-ips`, the inverse of [`parse_ip_list`].
+pub fn format_ip_list(ips: &[std::net::IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The first value found under `keys` (in order) in `annotations`.
 pub fn first_of<'a>(
     annotations: &'a std::collections::BTreeMap<String, String>,
@@ -88,6 +106,14 @@ mod tests {
         ]
         .into();
         assert_eq!(first_of(&annotations, &REQUESTED_POOL_KEYS), Some("cairn"));
+    }
+
+    #[test]
+    fn address_lists_round_trip_and_garbage_is_refused() {
+        let ips = parse_ip_list(" 192.0.2.7 , 2001:db8::7,").unwrap();
+        assert_eq!(format_ip_list(&ips), "192.0.2.7,2001:db8::7");
+        assert_eq!(parse_ip_list("192.0.2.7,garbage"), None);
+        assert_eq!(parse_ip_list(""), Some(vec![]));
     }
 
     #[test]

@@ -18,7 +18,6 @@
 //! panics on API data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use cairn_api::annotations::{self, EXCLUDE_FROM_EXTERNAL_LB_LABEL};
@@ -167,13 +166,7 @@ pub fn service_addresses(svc: &Service) -> Result<Option<ServiceAddresses>, Adap
     let Some(text) = annotations.get(annotations::ALLOCATED_IPS) else {
         return Ok(None);
     };
-    let ips: Option<Vec<IpAddr>> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().ok())
-        .collect();
-    let ips = ips.ok_or_else(|| AdapterError::BadAllocatedIps {
+    let ips = annotations::parse_ip_list(text).ok_or_else(|| AdapterError::BadAllocatedIps {
         value: text.clone(),
     })?;
     if ips.is_empty() {
@@ -520,6 +513,7 @@ mod tests {
     use crate::eligibility::Reason;
     use proptest::prelude::*;
     use serde_json::{json, Value};
+    use std::net::IpAddr;
 
     fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
         serde_json::from_value(v).expect("test object deserializes")
