@@ -503,3 +503,32 @@ async fn services_of_another_load_balancer_class_are_untouched() {
     allocator.stop().await;
     drop(lab.server);
 }
+
+#[tokio::test]
+async fn shrinking_a_pool_under_a_service_keeps_its_address_and_reports_it() {
+    let lab = lab(&["shop"]).await;
+    lab.create_pool(pool("web", &["192.0.2.1-192.0.2.4"], None))
+        .await;
+    lab.create_service(
+        "shop",
+        lb_service("a", &[(keys::LOAD_BALANCER_IPS, "192.0.2.4")], None),
+    )
+    .await;
+    let allocator = start_allocator(&lab, "a");
+    assert_eq!(lab.wait_bound("shop", "a").await, [ip("192.0.2.4")]);
+    let mut shrunk = lab.pools().get("web").await.unwrap();
+    shrunk.spec.addresses = vec!["192.0.2.1-192.0.2.2".into()];
+    lab.pools()
+        .replace("web", &PostParams::default(), &shrunk)
+        .await
+        .unwrap();
+    eventually("a BindingOrphaned event", || async {
+        lab.events("shop", "BindingOrphaned")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(lab.bound("shop", "a").await, Some(vec![ip("192.0.2.4")]));
+    allocator.stop().await;
+}
