@@ -59,7 +59,7 @@ const POOLS: usize = 20;
 
 fn slash15() -> Pool {
     let net = "198.18.0.0/15".parse().expect("literal CIDR");
-    Pool::new("bench", vec![AddressRange::from_net(&net)])
+    Pool::new("bench", vec![AddressRange::from_net(net)])
 }
 
 /// 20 pools of 6 000 addresses each, pool `i` serving namespaces labelled `team=t<i>`.

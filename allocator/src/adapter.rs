@@ -16,8 +16,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 
 use crate::engine::{
-    AddressRange, AllocateTo, Binding, Family, FamilyPolicy, Pool, Port, Protocol, ServiceKey,
-    ServiceRequest,
+    AllocateTo, Binding, Family, FamilyPolicy, Pool, Port, Protocol, ServiceKey, ServiceRequest,
 };
 
 /// Why a Service's request cannot be read; quoted in an `AllocationFailed` Event.
@@ -283,11 +282,7 @@ pub fn status_patch(binding: Option<&Binding>) -> Value {
 pub fn engine_pool(name: &str, pool: &ValidPool) -> Pool {
     Pool {
         name: name.to_owned(),
-        ranges: pool
-            .ranges
-            .iter()
-            .filter_map(|r| AddressRange::new(r.start(), r.end()).ok())
-            .collect(),
+        ranges: pool.ranges.clone(),
         auto_assign: pool.auto_assign,
         avoid_buggy_ips: pool.avoid_buggy_ips,
         allocate_to: AllocateTo {

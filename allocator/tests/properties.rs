@@ -265,7 +265,7 @@ fn may_share(a: &ServiceRequest, b: &ServiceRequest) -> bool {
 }
 
 fn in_ranges(pool: &Pool, ip: &IpAddr) -> bool {
-    pool.ranges.iter().any(|r| r.contains(ip))
+    pool.ranges.iter().any(|r| r.contains(*ip))
 }
 
 fn buggy(ip: &IpAddr) -> bool {
@@ -396,13 +396,13 @@ fn check_state(model: &Model, engine: &Engine) {
             let addresses: BTreeSet<IpAddr> = pool
                 .ranges
                 .iter()
-                .filter(|r| r.family() == family)
+                .filter(|r| Family::of(&r.start()) == family)
                 .flat_map(|r| match family {
                     Family::V4 => (0u32..=20)
                         .map(v4)
-                        .filter(|ip| r.contains(ip))
+                        .filter(|ip| r.contains(*ip))
                         .collect::<Vec<_>>(),
-                    Family::V6 => (0u16..=20).map(v6).filter(|ip| r.contains(ip)).collect(),
+                    Family::V6 => (0u16..=20).map(v6).filter(|ip| r.contains(*ip)).collect(),
                 })
                 .collect();
             let assigned = addresses

@@ -108,10 +108,15 @@ pub enum AddressRangeError {
 }
 
 impl AddressRange {
-    /// A range from `start` to `end` inclusive; `None` if the families differ or it is reversed.
-    pub fn new(start: IpAddr, end: IpAddr) -> Option<Self> {
-        let same_family = start.is_ipv4() == end.is_ipv4();
-        (same_family && start <= end).then_some(Self { start, end })
+    /// A range from `start` to `end` inclusive; both ends of one family, `start <= end`.
+    pub fn new(start: IpAddr, end: IpAddr) -> Result<Self, AddressRangeError> {
+        if start.is_ipv4() != end.is_ipv4() {
+            return Err(AddressRangeError::MixedFamilies(format!("{start}-{end}")));
+        }
+        if start > end {
+            return Err(AddressRangeError::Reversed(format!("{start}-{end}")));
+        }
+        Ok(Self { start, end })
     }
 
     /// Every address of a network, network and broadcast addresses included.
@@ -187,10 +192,16 @@ impl FromStr for AddressRange {
                 .map_err(|_| AddressRangeError::Syntax(s.into()))
         };
         let (start, end) = (parse(a)?, parse(b)?);
-        if start.is_ipv4() != end.is_ipv4() {
-            return Err(AddressRangeError::MixedFamilies(s.into()));
-        }
-        Self::new(start, end).ok_or_else(|| AddressRangeError::Reversed(s.into()))
+        Self::new(start, end).map_err(|e| match e {
+            AddressRangeError::MixedFamilies(_) => AddressRangeError::MixedFamilies(s.into()),
+            _ => AddressRangeError::Reversed(s.into()),
+        })
+    }
+}
+
+impl From<IpNet> for AddressRange {
+    fn from(net: IpNet) -> Self {
+        Self::from_net(net)
     }
 }
 

@@ -78,8 +78,8 @@ use std::sync::Arc;
 
 pub use reason::{Problem, Refusal, RestoreError, SharingConflict};
 pub use types::{
-    AddressRange, AllocateTo, Binding, Family, FamilyPolicy, FamilyUsage, Pool, Port, Protocol,
-    RangeError, ServiceKey, ServiceRequest, Usage,
+    AddressRange, AddressRangeError, AllocateTo, Binding, Family, FamilyPolicy, FamilyUsage, Pool,
+    Port, Protocol, ServiceKey, ServiceRequest, Usage,
 };
 
 use space::Space;
@@ -232,7 +232,7 @@ impl PoolState {
     fn build(spec: Pool, held: &Map<IpAddr, Holders>, previous: Option<&PoolState>) -> Self {
         let mut per_family: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
         for r in &spec.ranges {
-            per_family[fi(r.family())].push((to_u128(&r.start()), to_u128(&r.end())));
+            per_family[fi(Family::of(&r.start()))].push((to_u128(&r.start()), to_u128(&r.end())));
         }
         let ranges = per_family.map(normalize);
         let spaces = [

@@ -8,7 +8,6 @@ use std::fmt;
 use std::net::IpAddr;
 
 use cairn_api::selector::Selector;
-use ipnet::IpNet;
 
 /// An IP address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,88 +61,9 @@ pub(super) fn from_u128(family: Family, value: u128) -> IpAddr {
     }
 }
 
-/// Why an [`AddressRange`] could not be built.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RangeError {
-    /// The two ends are of different families.
-    #[error("range {start}-{end} mixes IPv4 and IPv6")]
-    MixedFamilies {
-        /// First address.
-        start: IpAddr,
-        /// Last address.
-        end: IpAddr,
-    },
-    /// The end lies before the start.
-    #[error("range {start}-{end} ends before it starts")]
-    Reversed {
-        /// First address.
-        start: IpAddr,
-        /// Last address.
-        end: IpAddr,
-    },
-}
-
-/// An inclusive range of addresses of one family (`start ..= end`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AddressRange {
-    start: IpAddr,
-    end: IpAddr,
-}
-
-impl AddressRange {
-    /// The range `start ..= end`; both ends of one family, `start <= end`.
-    pub fn new(start: IpAddr, end: IpAddr) -> Result<Self, RangeError> {
-        if Family::of(&start) != Family::of(&end) {
-            return Err(RangeError::MixedFamilies { start, end });
-        }
-        if to_u128(&start) > to_u128(&end) {
-            return Err(RangeError::Reversed { start, end });
-        }
-        Ok(AddressRange { start, end })
-    }
-
-    /// Every address of a CIDR, network and broadcast addresses included (MetalLB does the same;
-    /// `avoid_buggy_ips` is what skips `.0` and `.255`).
-    pub fn from_net(net: &IpNet) -> Self {
-        AddressRange {
-            start: net.network(),
-            end: net.broadcast(),
-        }
-    }
-
-    /// First address.
-    pub fn start(&self) -> IpAddr {
-        self.start
-    }
-
-    /// Last address.
-    pub fn end(&self) -> IpAddr {
-        self.end
-    }
-
-    /// The family of both ends.
-    pub fn family(&self) -> Family {
-        Family::of(&self.start)
-    }
-
-    /// True when `ip` lies in the range.
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        Family::of(ip) == self.family()
-            && (to_u128(&self.start)..=to_u128(&self.end)).contains(&to_u128(ip))
-    }
-}
-
-impl From<IpNet> for AddressRange {
-    fn from(net: IpNet) -> Self {
-        AddressRange::from_net(&net)
-    }
-}
-
-impl fmt::Display for AddressRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start, self.end)
-    }
-}
+/// Pools are made of the API's validated address ranges, so a range means the same thing to the
+/// validation, the engine and the controller.
+pub use cairn_api::validation::{AddressRange, AddressRangeError};
 
 /// Who may get addresses from a pool, and the pool's rank (`IPAddressPool.spec.allocateTo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
