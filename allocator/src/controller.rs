@@ -171,9 +171,6 @@ pub async fn run(
         &client, &config, &caches, &changed, leading, &metrics, &health, shutdown,
     )
     .await;
-    for task in [t1, t2, t3] {
-        task.abort();
-    }
     if let Ok(Err(e)) = election.await {
         return Err(e.into());
     }
