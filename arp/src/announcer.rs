@@ -8,6 +8,12 @@
 //! and must not answer for an address after `withdraw` has returned: the owned set is read and the
 //! reply sent under the same lock that `withdraw` takes.
 //!
+//! Self-fencing: every frame claiming a VIP (reply, solicited NA, gratuitous ARP, unsolicited NA)
+//! is checked against the announcer's [`ClaimDeadline`] on the clock immediately before it is
+//! sent, so a request queued in the socket while the process was frozen is judged when it is
+//! answered, not when it arrived. A frame the gate refuses is dropped and counted
+//! (`Counters::fenced_suppressed`); the VIP stays owned until `withdraw`.
+//!
 //! IPv6: NS reach the node at the VIP's solicited-node group. Each group is joined in two ways:
 //! PACKET_ADD_MEMBERSHIP of its 33:33:ff:xx:xx:xx MAC on the NDP socket puts it in the
 //! interface's receive filter, and IPV6_JOIN_GROUP on an AF_INET6 socket makes the kernel send
@@ -38,6 +44,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
 
 use crate::frames;
+use crate::gate::{ClaimDeadline, Claims};
 use crate::respond::{respond, Verdict};
 use crate::schedule::{AnnounceSchedule, BurstConfig};
 use crate::sys::{self, GroupSocket, Interface, LinkMonitor, PacketSocket};
@@ -136,6 +143,9 @@ pub struct Counters {
     /// Frames dropped as malformed (truncated, wrong types or lengths, bad checksum, hop limit
     /// other than 255, bad options).
     pub malformed_dropped: u64,
+    /// Replies and gratuitous frames not sent because the claim deadline had passed
+    /// ([`L2Announcer::set_claim_deadline`]).
+    pub fenced_suppressed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +154,7 @@ struct AtomicCounters {
     replies_sent: AtomicU64,
     gratuitous_sent: AtomicU64,
     malformed_dropped: AtomicU64,
+    fenced_suppressed: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -157,6 +168,7 @@ impl AtomicCounters {
             replies_sent: self.replies_sent.load(Ordering::Relaxed),
             gratuitous_sent: self.gratuitous_sent.load(Ordering::Relaxed),
             malformed_dropped: self.malformed_dropped.load(Ordering::Relaxed),
+            fenced_suppressed: self.fenced_suppressed.load(Ordering::Relaxed),
         }
     }
 }
@@ -222,6 +234,8 @@ struct Link {
     state: Mutex<LinkState>,
     counters: AtomicCounters,
     wake: Notify,
+    /// Claims are sent only while this allows them (shared by every link of an announcer).
+    gate: ClaimDeadline,
 }
 
 /// Marker for the socket wrappers of `sys`, which own their descriptor (an `OwnedFd` field set
@@ -266,6 +280,11 @@ impl Link {
             }
         }
         while let Some((vip, frame)) = state.pending.front() {
+            if !self.gate.allows_now() {
+                AtomicCounters::bump(&self.counters.fenced_suppressed);
+                state.pending.pop_front();
+                continue;
+            }
             match self.arp.get_ref().send(frame, ethertype_of(*vip)) {
                 Ok(()) => {
                     AtomicCounters::bump(&self.counters.gratuitous_sent);
@@ -306,6 +325,10 @@ impl Link {
             AtomicCounters::bump(&self.counters.requests_received);
         }
         match verdict {
+            Verdict::Reply { vip, .. } if !self.gate.allows_now() => {
+                AtomicCounters::bump(&self.counters.fenced_suppressed);
+                tracing::debug!(interface = %self.name, vip = %vip, "reply suppressed: claim deadline passed");
+            }
             Verdict::Reply { vip, frame } => {
                 // Sent while holding the lock: `withdraw` cannot return in between.
                 match self.arp.get_ref().send(&frame, ethertype_of(vip)) {
@@ -456,6 +479,8 @@ pub struct L2Announcer {
     /// Holds the MLD-reporting memberships; `None` when IPv6 is disabled.
     groups: Option<GroupSocket>,
     group_join_limit: usize,
+    /// The claim gate every link checks before each claim.
+    gate: ClaimDeadline,
 }
 
 fn io_error<'a>(what: &'static str, interface: &'a str) -> impl FnOnce(io::Error) -> L2Error + 'a {
@@ -515,6 +540,7 @@ impl L2Announcer {
                 None
             }
         };
+        let gate = ClaimDeadline::new(Claims::Unbounded);
         let mut links = BTreeMap::new();
         for (iface, mac) in chosen {
             let arp = PacketSocket::open(iface.index, sys::ETH_P_ARP, None)
@@ -542,6 +568,7 @@ impl L2Announcer {
                 }),
                 counters: AtomicCounters::default(),
                 wake: Notify::new(),
+                gate: gate.clone(),
             };
             links.insert(iface.name, Arc::new(link));
         }
@@ -561,6 +588,7 @@ impl L2Announcer {
             tasks,
             groups,
             group_join_limit: config.group_join_limit,
+            gate,
         })
     }
 
@@ -684,6 +712,20 @@ impl L2Announcer {
             self.leave_group(link, &mut state.groups, solicited_node(v6))?;
         }
         Ok(was_owned)
+    }
+
+    /// Bounds every claim (reply, NA, gratuitous frame) from now on: one is sent only if the
+    /// clock at send time is before `deadline`; `None` closes the gate (no claim at all) until a
+    /// deadline is set again. A new announcer is unbounded (never fenced) until this is called.
+    /// Owned VIPs stay owned: a refused frame is counted in `Counters::fenced_suppressed`.
+    pub fn set_claim_deadline(&self, deadline: Option<Instant>) {
+        self.gate.set(deadline);
+    }
+
+    /// The shared handle of this announcer's claim gate: whoever holds it (the speaker's lease
+    /// driver) moves the deadline without going through the announcer.
+    pub fn claim_deadline(&self) -> ClaimDeadline {
+        self.gate.clone()
     }
 
     /// Counters per served interface, by name.

@@ -8,6 +8,8 @@
 //! - [`respond`]: frame in → reply out (or why not); no IO, no clock.
 //! - [`schedule`]: the burst/refresh timers; sans-IO, takes `now`.
 //! - [`sys`]: AF_PACKET, IPv6 multicast membership, rtnetlink and getifaddrs wrappers.
+//! - [`gate`]: [`ClaimDeadline`], the self-fencing bound checked before every claim sent; pure
+//!   encoding, no clock of its own beyond "now" at send time.
 //! - [`announcer`]: [`L2Announcer`], the tokio driver the speaker uses.
 //!
 //! This crate does not decide ownership (the speaker does), does not configure addresses on
@@ -19,6 +21,7 @@
 
 pub mod announcer;
 pub mod frames;
+pub mod gate;
 pub mod respond;
 pub mod schedule;
 pub mod sys;
@@ -27,5 +30,6 @@ pub mod wire;
 pub use announcer::{
     Counters, InterfaceSelection, InterfaceStatus, L2Announcer, L2Config, L2Error, LinkEvent,
 };
+pub use gate::{ClaimDeadline, Claims};
 pub use schedule::BurstConfig;
 pub use wire::MacAddr;

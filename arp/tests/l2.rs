@@ -377,3 +377,58 @@ fn vips_sharing_a_solicited_node_group_keep_it_until_the_last_is_withdrawn() {
     );
     assert!(!node_a.withdraw("eth0", twin).expect("second withdraw"));
 }
+
+#[test]
+fn past_claim_deadline_silences_replies_and_bursts_and_a_future_one_lets_them_flow() {
+    let lab = lab();
+    let mac_a = mac_of(&lab.a);
+    let node_a = lab.announcer(&lab.a, eth0()).expect("announcer A");
+    // The deadline has passed (a frozen speaker resuming): the VIP is owned, nothing claims it.
+    node_a.set_claim_deadline(Some(Instant::now()));
+    node_a.announce("eth0", vip4()).expect("announce");
+    let silent = arping(&lab.client, VIP4, "2");
+    assert!(
+        !silent.status.success(),
+        "answered past the deadline: {}",
+        text(&silent)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || node_a.counters()["eth0"]
+            .fenced_suppressed
+            >= 2),
+        "suppressed frames not counted: {:?}",
+        node_a.counters()["eth0"]
+    );
+    let fenced = node_a.counters()["eth0"];
+    assert_eq!(fenced.replies_sent, 0, "{fenced:?}");
+    assert_eq!(fenced.gratuitous_sent, 0, "{fenced:?}");
+    assert!(fenced.requests_received >= 1, "{fenced:?}");
+    assert_eq!(neighbour(&lab.client, VIP4), None);
+    assert_eq!(node_a.interfaces()[0].owned, vec![vip4()], "still owned");
+
+    // Renewed: the deadline lies ahead, replies flow (the handle is the announcer's own gate).
+    node_a
+        .claim_deadline()
+        .set(Some(Instant::now() + Duration::from_secs(600)));
+    let reply = arping(&lab.client, VIP4, "1");
+    assert!(reply.status.success(), "arping failed: {}", text(&reply));
+    assert!(text(&reply).contains(&mac_a), "{}", text(&reply));
+    assert!(node_a.counters()["eth0"].replies_sent >= 1);
+
+    // Closed: nothing again, not even a restarted burst.
+    node_a.set_claim_deadline(None);
+    let sent = node_a.counters()["eth0"];
+    node_a.announce("eth0", vip4()).expect("announce again");
+    let silent = arping(&lab.client, VIP4, "2");
+    assert!(
+        !silent.status.success(),
+        "answered while closed: {}",
+        text(&silent)
+    );
+    let after = node_a.counters()["eth0"];
+    assert_eq!(after.replies_sent, sent.replies_sent, "{after:?}");
+    assert!(
+        after.fenced_suppressed > sent.fenced_suppressed,
+        "{after:?}"
+    );
+}

@@ -22,11 +22,13 @@
 //! and endpoint controller: it creates the Nodes `cairn-n1..3` and, on request
 //! ([`create_service`]), a Service with its EndpointSlices.
 //!
-//! Where the allocator and the speakers plug in: [`Lab::start_process`] starts them and records
-//! them like the lab's own processes, so `status` lists them and `down` stops them. The allocator
-//! runs in the host namespace (`netns = None`) with `--kubeconfig <dir>/kubeconfig --namespace
-//! cairn-system`; a speaker runs in its node's namespace (`netns =
-//! Some(&lab.node_namespace(node))`) with the same kubeconfig.
+//! Cairn itself (see `lab/cairn.rs`): the lab installs the CRDs and namespace `cairn-system`
+//! from `manifests/`, and, when [`LabConfig::start_cairn`] says so, starts `cairn-allocator` in
+//! the host namespace and one `cairn-speaker` per node namespace, recorded like the lab's own
+//! processes (`allocator`, `speaker-n1`…) so that `status` lists them and `down` stops them
+//! (first, while the API server still answers). [`Lab::stop_speaker`] / [`Lab::start_speaker`]
+//! drive failovers. The lab also stands in for kube-proxy: every node delivers [`VIP_RANGES`]
+//! to its echo server, and only Cairn answers ARP/NDP for those addresses.
 //!
 //! Everything the lab makes lives under its directory (`target/lab/` for the user's lab): logs in
 //! `logs/`, one pid file per process in `pids/`, the kubeconfig, the API server's state, and a
@@ -52,6 +54,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::netns::{self, Netns, NetnsError};
 use crate::routers::{Frr, Neighbor, RouterConfig, RouterError};
+
+mod cairn;
+pub mod demo;
+
+pub use cairn::{manifests_dir, Dataplane, Signal, VIP_RANGES};
 
 /// The router's AS.
 pub const ROUTER_ASN: u32 = 64500;
@@ -171,6 +178,12 @@ pub struct LabConfig {
     pub bin_dir: PathBuf,
     /// The lab API server's port on 127.0.0.1.
     pub api_port: u16,
+    /// Whether `up` starts Cairn's own processes (the allocator and one speaker per node).
+    /// Tests that drive speakers themselves turn it off; the CRDs and `cairn-system` are
+    /// installed either way.
+    pub start_cairn: bool,
+    /// The speakers' `--dataplane`.
+    pub dataplane: Dataplane,
 }
 
 impl LabConfig {
@@ -182,7 +195,28 @@ impl LabConfig {
             dir: root.join("target/lab"),
             bin_dir: root.join("target/debug"),
             api_port: 16443,
+            start_cairn: true,
+            dataplane: Dataplane::Kernel,
         }
+    }
+
+    /// A test's own lab: prefix `cairn-t<pid><tag>` (short enough for interface names), its
+    /// directory `<tmp>/lab-<pid><tag>`, binaries from `bin_dir` (the directory of a
+    /// `CARGO_BIN_EXE_…`), a free API port, Cairn's processes started.
+    pub fn for_test(tag: &str, bin_dir: &Path, tmp: &Path) -> Result<Self, LabError> {
+        let pid = std::process::id();
+        let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io_error("finding a free port"))?
+            .port();
+        Ok(Self {
+            prefix: format!("cairn-t{pid}{tag}"),
+            dir: tmp.join(format!("lab-{pid}{tag}")),
+            bin_dir: bin_dir.to_path_buf(),
+            api_port,
+            start_cairn: true,
+            dataplane: Dataplane::Kernel,
+        })
     }
 }
 
@@ -292,6 +326,22 @@ impl Lab {
         self.config.dir.join("logs")
     }
 
+    /// Where the speakers pin their XDP maps and links with `--dataplane xdp`, one directory per
+    /// node: a bpffs instance of the lab's own, since `ip netns exec` hides the host's
+    /// `/sys/fs/bpf` (it remounts `/sys`).
+    pub fn bpf_pin_dir(&self) -> PathBuf {
+        self.config.dir.join("bpffs")
+    }
+
+    fn mount_bpffs(&self) -> Result<(), LabError> {
+        let dir = self.bpf_pin_dir();
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        if !is_mount_point(&dir) {
+            run_command(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
+        }
+        Ok(())
+    }
+
     fn pid_dir(&self) -> PathBuf {
         self.config.dir.join("pids")
     }
@@ -358,7 +408,16 @@ impl Lab {
             sw.ip(&["link", "set", port, "master", "br0"])?;
             ns.addr("eth0", &format!("{v4}/24"))?;
             ns.addr("eth0", &format!("{v6}/64"))?;
+            ns.disable_tx_checksum_offload("eth0")?;
         }
+        for ns in &nodes {
+            cairn::install_kube_proxy_standin(ns)?;
+        }
+        made.push(format!(
+            "kube-proxy stand-in: {} delivered locally on every node (routes on lo, no kernel \
+             ARP/NDP answers for them)",
+            VIP_RANGES.join(" ")
+        ));
         for ns in nodes.iter().chain([&l2client]) {
             ns.ip(&["route", "add", "default", "via", ROUTER_V4])?;
             ns.ip(&["-6", "route", "add", "default", "via", ROUTER_V6])?;
@@ -371,6 +430,8 @@ impl Lab {
 
         // The external net.
         router.veth("eth1", &client_ns, "eth0")?;
+        router.disable_tx_checksum_offload("eth1")?;
+        client_ns.disable_tx_checksum_offload("eth0")?;
         router.addr("eth1", "198.51.100.1/24")?;
         router.addr("eth1", "2001:db8:4::1/64")?;
         client_ns.addr("eth0", &format!("{CLIENT_V4}/24"))?;
@@ -435,6 +496,21 @@ impl Lab {
             create_nodes(&api).await
         })?;
         made.push(format!("Nodes {}", NODES.map(|n| n.name).join(" ")));
+
+        self.apply_manifests()?;
+        made.push("Cairn's CRDs and namespace cairn-system (manifests/)".into());
+        if self.config.dataplane == Dataplane::Xdp {
+            self.mount_bpffs()?;
+            self.start_xdp_pass()?;
+            made.push(format!(
+                "xdp_pass on the switch side of {} (veths deliver XDP_TX frames only to a peer \
+                 with an XDP program)",
+                NODES.map(|n| n.short).join(" ")
+            ));
+        }
+        if self.config.start_cairn {
+            self.start_cairn(made)?;
+        }
         Ok(())
     }
 
@@ -516,6 +592,25 @@ impl Lab {
         })
         .then_some(())
         .ok_or_else(|| not_ready("the lab API server", &log))
+    }
+
+    /// Holds `xdp_pass` on the switch ports of the nodes, for the speakers' XDP_TX frames.
+    fn start_xdp_pass(&self) -> Result<(), LabError> {
+        let mut argv = vec![self
+            .config
+            .bin_dir
+            .join("cairn-lab-xdp-pass")
+            .display()
+            .to_string()];
+        argv.extend(NODES.iter().map(|n| n.short.to_string()));
+        let log = self.log_dir().join("xdp-pass.log");
+        let ns = self.switch_namespace();
+        self.start_process("xdp-pass", Some(&ns), &argv, &log)?;
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("attached"))
+        })
+        .then_some(())
+        .ok_or_else(|| not_ready("xdp_pass on the switch ports", &log))
     }
 
     fn start_forward(&self) -> Result<(), LabError> {
@@ -680,11 +775,20 @@ impl Lab {
     /// directory. Works from any process, also after a crash. Returns what it removed.
     pub fn down(&self) -> Result<Vec<String>, LabError> {
         let mut removed = Vec::new();
-        for (name, pid, program) in self.recorded() {
-            if self.reap_or_alive(pid, &program) {
-                self.stop(pid, &program);
-                removed.push(format!("process {name} ({pid})"));
-            }
+        // Cairn's processes first, all at once, while the API server still answers their
+        // goodbyes (speakers release their Leases on SIGTERM); then the lab's own.
+        let (cairn, rest): (Vec<_>, Vec<_>) = self
+            .recorded()
+            .into_iter()
+            .filter(|(_, pid, program)| self.reap_or_alive(*pid, program))
+            .partition(|(name, _, _)| name == "allocator" || name.starts_with("speaker-"));
+        self.stop_all(&cairn);
+        for (name, pid, _) in cairn {
+            removed.push(format!("process {name} ({pid})"));
+        }
+        for (name, pid, program) in rest {
+            self.stop(pid, &program);
+            removed.push(format!("process {name} ({pid})"));
         }
         let existing = existing_namespaces();
         for ns in self.namespaces() {
@@ -712,6 +816,12 @@ impl Lab {
             }
         }
         self.reap_children();
+        let pins = self.bpf_pin_dir();
+        if is_mount_point(&pins) {
+            // Unpinning the links detaches the XDP programs the speakers left forwarding.
+            run_command(Command::new("umount").arg(&pins))?;
+            removed.push(format!("BPF pins under {}", pins.display()));
+        }
         if let Some(frr_dir) = self.frr_dir() {
             let _ = std::fs::remove_dir_all(&frr_dir);
             removed.push(format!("FRR directory {}", frr_dir.display()));
@@ -739,6 +849,30 @@ impl Lab {
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
 
+    /// Stops several processes at once: SIGTERM (and SIGCONT) to all, then SIGKILL to those
+    /// left after 5 s.
+    fn stop_all(&self, processes: &[(String, u32, String)]) {
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            for (_, pid, program) in processes {
+                if self.reap_or_alive(*pid, program) {
+                    // SAFETY: kill(2) on a pid that was just checked to run the lab's program;
+                    // SIGCONT lets a stopped (SIGSTOP) speaker act on its SIGTERM.
+                    unsafe {
+                        libc::kill(*pid as i32, signal);
+                        libc::kill(*pid as i32, libc::SIGCONT);
+                    }
+                }
+            }
+            if wait_until(Duration::from_secs(5), || {
+                processes
+                    .iter()
+                    .all(|(_, pid, program)| !self.reap_or_alive(*pid, program))
+            }) {
+                return;
+            }
+        }
+    }
+
     fn stop(&self, pid: u32, program: &str) {
         for (signal, grace) in [(libc::SIGTERM, 5), (libc::SIGKILL, 5)] {
             // SAFETY: kill(2) on a pid that was just checked to run the lab's program.
@@ -749,6 +883,30 @@ impl Lab {
                 return;
             }
         }
+    }
+}
+
+/// Whether `dir` is a mount point (listed in `/proc/self/mounts`).
+fn is_mount_point(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .any(|point| Path::new(point) == dir)
+    })
+}
+
+/// Runs a host command; fails with its stderr when it exits non-zero.
+fn run_command(command: &mut Command) -> Result<(), LabError> {
+    let what = format!("{command:?}");
+    let out = command.output().map_err(io_error(what.clone()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Io {
+            what,
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        })
     }
 }
 

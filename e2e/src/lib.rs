@@ -5,4 +5,6 @@
 pub mod apiserver;
 pub mod lab;
 pub mod netns;
+pub mod observer;
+pub mod probe;
 pub mod routers;

@@ -37,9 +37,58 @@ pub enum NetnsError {
         name: String,
         source: std::io::Error,
     },
+    /// An ioctl on an interface failed.
+    #[error("{what} on {ifname}: {source}")]
+    Ioctl {
+        what: &'static str,
+        ifname: String,
+        source: std::io::Error,
+    },
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// ETHTOOL_STXCSUM off on `ifname` (shorter than IFNAMSIZ) in the calling thread's namespace.
+fn disable_tx_checksum(ifname: &str) -> std::io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        pad: [0; 16],
+    };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: socket(2)/ioctl(2)/close(2) with a properly laid out ifreq that outlives the
+    // call; the fd is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
 
 /// A network namespace. Those made by [`Netns::new`] are owned by this process and deleted (with
 /// their processes) on drop; those made by [`Netns::create_named`] or [`Netns::adopt`] persist,
@@ -199,6 +248,24 @@ impl Netns {
     /// Adds an address (`192.0.2.1/24`, `2001:db8::1/64`) to an interface in this namespace.
     pub fn addr(&self, dev: &str, cidr: &str) -> Result<(), NetnsError> {
         self.ip(&["addr", "add", cidr, "dev", dev]).map(drop)
+    }
+
+    /// Turns off transmit checksum offload on `ifname` (ETHTOOL_STXCSUM through SIOCETHTOOL), as
+    /// a real NIC behaves: a veth leaves the checksum of locally sent packets to "hardware", a
+    /// promise lost when an XDP program forwards the frame on (a real NIC has computed it before
+    /// any receiver's XDP sees the frame).
+    pub fn disable_tx_checksum_offload(&self, ifname: &str) -> Result<(), NetnsError> {
+        let error = |source| NetnsError::Ioctl {
+            what: "ETHTOOL_STXCSUM",
+            ifname: ifname.to_owned(),
+            source,
+        };
+        if ifname.len() >= libc::IFNAMSIZ {
+            return Err(error(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )));
+        }
+        self.run(|| disable_tx_checksum(ifname))?.map_err(error)
     }
 
     /// The MAC address of an interface in this namespace.

@@ -1,16 +1,28 @@
-//! The lab brought up for real under a test-only name prefix (`cairn-t<pid>`), checked from the
-//! inside (FRR, pings across the segment and the external net, an echo server's view of the L2
-//! client, `kubectl get nodes` against the lab API server from the host and from a node
-//! namespace, a Service with the EndpointSlices the lab makes for it), then torn down and
-//! checked gone.
+//! The lab brought up for real under test-only name prefixes (`cairn-t<pid>…`).
+//!
+//! - Without Cairn's processes: checked from the inside (FRR, pings across the segment and the
+//!   external net, an echo server's view of the L2 client, the kube-proxy stand-in delivering
+//!   VIP ranges locally while the kernel answers neither ARP (arping) nor NDP (ndisc6) for them,
+//!   `kubectl get nodes` against the lab API server from the host and from a node namespace, a
+//!   Service with the EndpointSlices the lab makes for it), then torn down and checked gone; and
+//!   a crashed lab remade by `up` and removed by `down` from another handle.
+//! - With the real `cairn-allocator` and three `cairn-speaker` processes (built by
+//!   `cargo build --workspace --bins`): the L2 example applied, a Service gets an address that
+//!   exactly one MAC answers ARP for and that the L2 client reaches; SIGTERM to the owner's
+//!   speaker moves it to another node; the speaker restarts; `down` leaves nothing, a frozen
+//!   speaker included.
+//! - The demo's scenario (`cairn_e2e::lab::demo`, what `cargo xtask demo` runs) on a lab of its
+//!   own, every expectation met, so that the demo cannot rot unnoticed.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_e2e::lab::{self, Lab, LabConfig, UpOutcome, ECHO_PORT, NODES, ROUTER_V4, ROUTER_V6};
+use cairn_e2e::lab::{
+    self, Dataplane, Lab, LabConfig, Signal, UpOutcome, ECHO_PORT, NODES, ROUTER_V4, ROUTER_V6,
+};
 use cairn_e2e::netns::{is_root, Netns};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -27,27 +39,55 @@ impl Drop for Guard {
     }
 }
 
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_cairn-lab-echo"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A lab of the network and the lab's own processes only (no allocator, no speakers).
 fn test_config() -> LabConfig {
-    let pid = std::process::id();
-    let free_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    LabConfig {
-        prefix: format!("cairn-t{pid}"),
-        dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lab-{pid}")),
-        bin_dir: Path::new(env!("CARGO_BIN_EXE_cairn-lab-echo"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
-        api_port: free_port,
-    }
+    let mut config = LabConfig::for_test("", &bin_dir(), Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("a test lab configuration");
+    config.start_cairn = false;
+    config
+}
+
+/// True when `arping` from `ns` gets any answer for `ip` on eth0.
+fn arp_answers(ns: &str, ip: &str) -> Vec<String> {
+    let out = Netns::adopt(ns)
+        .command(&["arping", "-r", "-c", "2", "-w", "2", "-i", "eth0", ip])
+        .output()
+        .expect("arping runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// True when `ndisc6` from `ns` gets a neighbour advertisement for `ip` on eth0.
+fn ndp_answers(ns: &str, ip: &str) -> bool {
+    Netns::adopt(ns)
+        .command(&["ndisc6", "-q", "-r", "2", "-w", "500", ip, "eth0"])
+        .output()
+        .expect("ndisc6 runs")
+        .status
+        .success()
 }
 
 fn ping(ns: &str, target: &str) {
     Netns::adopt(ns)
         .exec(&["ping", "-c1", "-W3", target])
         .unwrap_or_else(|e| panic!("{ns} cannot ping {target}: {e}"));
+}
+
+/// True when `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 fn all_namespaces() -> String {
@@ -160,6 +200,22 @@ fn lab_comes_up_answers_from_every_namespace_and_leaves_nothing_after_down() {
             .expect("enter the L2 client");
         assert_eq!(line, format!("cairn-n1 {local}\n"));
     }
+
+    // The kube-proxy stand-in: the VIP ranges are local on every node, yet the kernel answers
+    // neither ARP nor NDP for them (only Cairn may), not even for an address on n1's loopback.
+    for vip in ["192.0.2.240", "192.0.2.250"] {
+        assert_eq!(
+            arp_answers(&lab.0.l2client_namespace(), vip),
+            Vec::<String>::new(),
+            "the kernel answered ARP for {vip}"
+        );
+    }
+    assert!(!ndp_answers(&lab.0.l2client_namespace(), "2001:db8:2::f0"));
+    assert!(
+        !arp_answers(&lab.0.l2client_namespace(), NODES[0].v4).is_empty(),
+        "arping itself works: n1 answers for its own address"
+    );
+    assert!(ndp_answers(&lab.0.l2client_namespace(), NODES[0].v6));
 
     // The lab API server holds the three Nodes.
     let out = Command::new("kubectl")
@@ -281,11 +337,12 @@ fn lab_comes_up_answers_from_every_namespace_and_leaves_nothing_after_down() {
 }
 
 #[test]
-fn a_lab_with_a_dead_process_is_remade_by_up_and_removed_by_down_from_another_handle() {
+fn a_crashed_lab_with_cairn_is_remade_by_up_and_removed_by_down_from_another_handle() {
     assert!(is_root(), "the lab needs root (network namespaces)");
-    let mut config = test_config();
-    config.prefix = format!("{}c", config.prefix);
-    config.dir = config.dir.with_extension("crash");
+    // With Cairn's processes: the allocator lives in the host namespace, where only its pid
+    // file leads `down` to it.
+    let config = LabConfig::for_test("c", &bin_dir(), Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("a test lab configuration");
     let prefix = format!("{}-", config.prefix);
     let dir = config.dir.clone();
     let first = Guard(Lab::new(config.clone()));
@@ -302,6 +359,7 @@ fn a_lab_with_a_dead_process_is_remade_by_up_and_removed_by_down_from_another_ha
         .into_iter()
         .find(|p| p.name == "echo-n2")
         .expect("echo-n2 recorded");
+    let crashed: Vec<u32> = first.0.status().processes.iter().map(|p| p.pid).collect();
     // SAFETY: kill(2) on the pid of the echo server this test's lab started.
     unsafe { libc::kill(echo.pid as i32, libc::SIGKILL) };
     std::mem::forget(first);
@@ -313,9 +371,166 @@ fn a_lab_with_a_dead_process_is_remade_by_up_and_removed_by_down_from_another_ha
         UpOutcome::Created(_)
     ));
     assert!(second.0.status().healthy());
+    for name in ["allocator", "speaker-n1", "speaker-n2", "speaker-n3"] {
+        assert!(
+            second
+                .0
+                .status()
+                .processes
+                .iter()
+                .any(|p| p.name == name && p.alive),
+            "{name} not running after up"
+        );
+    }
+    // Nothing of the crashed lab survived the remake, the host-namespace allocator included.
+    for pid in crashed {
+        assert!(!running(pid), "process {pid} of the crashed lab survived");
+    }
     let pids: Vec<u32> = second.0.status().processes.iter().map(|p| p.pid).collect();
 
     second.0.down().expect("lab down");
+    assert!(!all_namespaces().contains(&prefix), "{}", all_namespaces());
+    for pid in pids {
+        assert!(!running(pid), "process {pid} survived down");
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Sends UDP requests to `target` from `ns` until one is answered (up to `within`), and returns
+/// the answer line and the local address it was sent from.
+fn udp_ask(ns: &str, target: SocketAddr, within: Duration) -> Option<(String, SocketAddr)> {
+    Netns::adopt(ns)
+        .run(move || {
+            let deadline = std::time::Instant::now() + within;
+            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect(target).ok()?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .ok()?;
+            let mut buf = [0u8; 256];
+            while std::time::Instant::now() < deadline {
+                // An ICMP error (no neighbour yet) surfaces as a send or recv error: retry.
+                if socket.send(b"hello\n").is_err() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    return Some((line, socket.local_addr().ok()?));
+                }
+            }
+            None
+        })
+        .expect("enter the namespace")
+}
+
+#[test]
+fn a_lab_with_cairn_gives_a_service_a_vip_that_the_l2_client_reaches_across_a_handover() {
+    assert!(is_root(), "the lab needs root (network namespaces)");
+    let config = LabConfig::for_test("k", &bin_dir(), Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("a test lab configuration");
+    assert!(config.start_cairn);
+    let prefix = format!("{}-", config.prefix);
+    let dir = config.dir.clone();
+    let lab = Guard(Lab::new(config));
+    lab.0
+        .up()
+        .expect("lab up with the allocator and the speakers (cargo build --workspace --bins)");
+    let status = lab.0.status();
+    for name in ["allocator", "speaker-n1", "speaker-n2", "speaker-n3"] {
+        assert!(
+            status.processes.iter().any(|p| p.name == name && p.alive),
+            "{name} not running: {status:?}"
+        );
+    }
+
+    // The L2 example pool, and a Service backed by all three echo servers.
+    let examples = lab::manifests_dir().join("examples/l2.yaml");
+    lab.0
+        .kubectl(&["apply", "-f", &examples.to_string_lossy()])
+        .expect("apply the L2 example");
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {
+            "type": "LoadBalancer",
+            "ports": [{"name": "udp", "port": ECHO_PORT, "protocol": "UDP"}],
+        },
+    }))
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vip: String = runtime.block_on(async {
+        let client = lab.0.client().await.expect("client");
+        lab::create_service(&client, &service, &["cairn-n1", "cairn-n2", "cairn-n3"])
+            .await
+            .expect("create the Service");
+        let api: Api<Service> = Api::namespaced(client, "default");
+        for _ in 0..100 {
+            let svc = api.get("echo").await.expect("get the Service");
+            let ip = svc
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .and_then(|i| i.into_iter().find_map(|i| i.ip));
+            if let Some(ip) = ip {
+                return ip;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the allocator gave the Service no address");
+    });
+    assert!(vip.starts_with("192.0.2.2"), "{vip} is not from l2-pool");
+
+    // One node answers ARP for the VIP, and its echo server answers the L2 client.
+    let target: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().unwrap();
+    let l2client = lab.0.l2client_namespace();
+    let (line, local) =
+        udp_ask(&l2client, target, Duration::from_secs(15)).expect("the VIP answers");
+    let owner = line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(line, format!("{owner} {local}\n"));
+    assert!(NODES.iter().any(|n| n.name == owner), "{line}");
+    let macs: std::collections::BTreeSet<String> =
+        arp_answers(&l2client, &vip).into_iter().collect();
+    assert_eq!(macs.len(), 1, "ARP answers for {vip}: {macs:?}");
+
+    // SIGTERM the owner: another node takes the VIP over; the old speaker restarts.
+    lab.0
+        .stop_speaker(&owner, Signal::Term)
+        .expect("stop the owner");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let next = loop {
+        let (line, _) = udp_ask(&l2client, target, Duration::from_secs(15))
+            .expect("the VIP answers after the handover");
+        let node = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if node != owner {
+            break node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{owner} still answers after its speaker stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(NODES.iter().any(|n| n.name == next));
+    assert!(lab.0.speaker_pid(&owner).is_none());
+    let pid = lab.0.start_speaker(&owner).expect("restart the speaker");
+    assert_eq!(lab.0.speaker_pid(&owner), Some(pid));
+
+    // Down stops the Cairn processes with the rest, a frozen speaker among them.
+    lab.0
+        .stop_speaker("cairn-n3", Signal::Stop)
+        .expect("freeze a speaker");
+    let pids: Vec<u32> = lab.0.status().processes.iter().map(|p| p.pid).collect();
+    lab.0.down().expect("lab down");
     assert!(!all_namespaces().contains(&prefix), "{}", all_namespaces());
     for pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -325,4 +540,47 @@ fn a_lab_with_a_dead_process_is_remade_by_up_and_removed_by_down_from_another_ha
         assert!(!running, "process {pid} survived down: {stat}");
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+fn the_demo_scenario_meets_every_expectation_on_a_lab_of_its_own() {
+    demo_meets_every_expectation("d", Dataplane::Kernel);
+}
+
+/// The same scenario with the speakers' XDP stage: VIP packets are tunnelled by the owner (or
+/// the router's ECMP choice) to other backend nodes, whose XDP program strips the tunnel; the
+/// demo checks that flows to an L2 VIP are answered by the other nodes, not the owner, and that
+/// every backend saw the client's own address.
+#[test]
+fn the_demo_scenario_meets_every_expectation_with_the_xdp_data_plane() {
+    demo_meets_every_expectation("x", Dataplane::Xdp);
+}
+
+fn demo_meets_every_expectation(tag: &str, dataplane: Dataplane) {
+    assert!(is_root(), "the lab needs root (network namespaces)");
+    let mut config = LabConfig::for_test(tag, &bin_dir(), Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("a test lab configuration");
+    config.dataplane = dataplane;
+    let lab = Guard(Lab::new(config));
+    lab.0
+        .up()
+        .expect("lab up with the allocator and the speakers (cargo build --workspace --bins)");
+    let mut account = Vec::new();
+    let expectations = lab::demo::run(&lab.0, &mut account).expect("the demo runs");
+    let account = String::from_utf8_lossy(&account);
+    assert!(expectations.len() >= 20, "{account}");
+    let failed: Vec<String> = expectations
+        .iter()
+        .filter(|e| !e.met)
+        .map(|e| format!("{}: {}", e.what, e.seen))
+        .collect();
+    assert!(failed.is_empty(), "failed: {failed:#?}\n{account}");
+    let pins = lab.0.bpf_pin_dir();
+    drop(lab);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mount table");
+    assert!(
+        !mounts.contains(&*pins.to_string_lossy()),
+        "the lab's bpffs {} is still mounted after down",
+        pins.display()
+    );
 }

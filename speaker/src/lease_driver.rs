@@ -17,6 +17,19 @@
 //!   node's picture of its peers may be stale (a peer it believes dead may be renewing), so it
 //!   does not announce.
 //!
+//! - The keeper's fence deadline is also published on a [`ClaimDeadline`] (a shared atomic, not
+//!   the view, whose changes trigger reconciles): `Until(deadline)` as a `std::time::Instant`
+//!   while the keeper lets this node announce, `Closed` otherwise (not yet held, settling,
+//!   fenced, releasing). It moves on every successful renewal, is written before the view that
+//!   says `may_announce` (so the first burst is not refused) and closes by itself when the
+//!   deadline passes, whether or not this task runs: the L2 announcer checks it before every
+//!   frame that claims a VIP, which makes self-fencing independent of task scheduling (a process
+//!   resumed after SIGSTOP answers nothing before it has renewed again).
+//!
+//! - The node's [`NodeStatus`] record ([`crate::status`]) rides on the Lease writes the keeper
+//!   makes anyway: [`LeaseDriver::set_status`] changes what the next renewal carries, never
+//!   causes a write of its own.
+//!
 //! What it must not do: decide ownership or announce anything (the caller does, from the view),
 //! compare anyone's wall-clock `renewTime`, or write a Lease without a `resourceVersion`
 //! precondition (other than `create`).
@@ -36,11 +49,14 @@ use kube::Client;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use cairn_arp::{ClaimDeadline, Claims};
+
 use crate::adapter::{lease_from_spec, lease_object, lease_observation};
 use crate::lease::{ConfigError, LeaseConfig, LeaseKeeper, Request, RequestId, Response};
 use crate::membership::{
     lease_name, node_of_lease, LeaseObservation, Membership, DEFAULT_JOIN_DELAY, LEASE_NAMESPACE,
 };
+use crate::status::{NodeStatus, ANNOUNCING_ANNOTATION};
 use crate::time::Instant;
 
 /// What the driver needs to run.
@@ -114,6 +130,7 @@ pub enum ReleaseError {
 
 enum Command {
     SetInterfaces(BTreeSet<String>),
+    SetStatus(NodeStatus),
     Release(oneshot::Sender<()>),
 }
 
@@ -121,22 +138,44 @@ enum Command {
 /// would); call [`LeaseDriver::release`] on a graceful shutdown.
 pub struct LeaseDriver {
     view: watch::Receiver<MembershipView>,
+    fence: ClaimDeadline,
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
 
 impl LeaseDriver {
-    /// Starts keeping this node's Lease and watching its peers' on the current tokio runtime.
+    /// Starts keeping this node's Lease and watching its peers' on the current tokio runtime,
+    /// with a claim gate of its own ([`LeaseDriver::fence`]).
     pub fn spawn(client: Client, config: DriverConfig) -> Result<Self, DriverError> {
+        Self::spawn_with_fence(client, config, ClaimDeadline::new(Claims::Closed))
+    }
+
+    /// [`LeaseDriver::spawn`], publishing the fence deadline on `fence` (typically the L2
+    /// announcer's [`cairn_arp::L2Announcer::claim_deadline`]); it is closed at once and opens
+    /// when the keeper lets this node announce.
+    pub fn spawn_with_fence(
+        client: Client,
+        config: DriverConfig,
+        fence: ClaimDeadline,
+    ) -> Result<Self, DriverError> {
         if config.node.is_empty() {
             return Err(DriverError::EmptyNode);
         }
         let keeper = LeaseKeeper::new(config.lease.clone())?;
         let (view_tx, view) = watch::channel(MembershipView::default());
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(client, config, keeper, view_tx, commands_rx));
+        fence.set(None);
+        let task = tokio::spawn(run(
+            client,
+            config,
+            keeper,
+            view_tx,
+            fence.clone(),
+            commands_rx,
+        ));
         Ok(Self {
             view,
+            fence,
             commands,
             task,
         })
@@ -147,10 +186,22 @@ impl LeaseDriver {
         self.view.clone()
     }
 
+    /// The claim gate the driver publishes its fence deadline on (see the module docs).
+    pub fn fence(&self) -> ClaimDeadline {
+        self.fence.clone()
+    }
+
     /// Publishes the L2 interfaces up on this node in the Lease (written at once if changed).
     pub fn set_interfaces_up(&self, interfaces: BTreeSet<String>) {
         // A send error means the task stopped; there is nothing left to update.
         let _ = self.commands.send(Command::SetInterfaces(interfaces));
+    }
+
+    /// Sets the status record the next Lease renewals carry (at most one renew interval later;
+    /// no write of its own).
+    pub fn set_status(&self, status: NodeStatus) {
+        // A send error means the task stopped; there is nothing left to update.
+        let _ = self.commands.send(Command::SetStatus(status));
     }
 
     /// Graceful shutdown: `may_announce` turns false at once, then the holder is cleared with a
@@ -211,6 +262,8 @@ struct Driver {
     keeper: LeaseKeeper,
     membership: Membership,
     view: watch::Sender<MembershipView>,
+    /// Where the fence deadline is published.
+    fence: ClaimDeadline,
     /// The request in flight and its answer.
     in_flight: Option<(RequestId, BoxFuture<'static, Response>)>,
     /// Speaker Leases listed since the last `Init`, until `InitDone`.
@@ -219,6 +272,8 @@ struct Driver {
     renew_failures: u64,
     /// Who to tell once the Lease is released.
     release_done: Option<oneshot::Sender<()>>,
+    /// The status record the next Lease write carries.
+    status: String,
 }
 
 async fn run(
@@ -226,6 +281,7 @@ async fn run(
     config: DriverConfig,
     keeper: LeaseKeeper,
     view: watch::Sender<MembershipView>,
+    fence: ClaimDeadline,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
@@ -242,11 +298,13 @@ async fn run(
         keeper,
         membership: Membership::new(config.join_delay),
         view,
+        fence,
         in_flight: None,
         relisting: None,
         watch_healthy: false,
         renew_failures: 0,
         release_done: None,
+        status: NodeStatus::default().to_annotation(),
     };
     let mut commands_open = true;
     loop {
@@ -263,6 +321,7 @@ async fn run(
                 d.name.clone(),
                 d.namespace.clone(),
                 out.request,
+                d.status.clone(),
             );
             d.in_flight = Some((out.id, Box::pin(request)));
         }
@@ -305,6 +364,7 @@ async fn run(
                     let now = d.now();
                     d.keeper.set_interfaces_up(now, interfaces);
                 }
+                Some(Command::SetStatus(status)) => d.status = status.to_annotation(),
                 Some(Command::Release(done)) => {
                     let now = d.now();
                     d.keeper.release(now);
@@ -363,7 +423,20 @@ impl Driver {
         }
     }
 
+    /// What the claim gate lets through: up to the fence deadline while the keeper lets this
+    /// node announce, nothing otherwise.
+    fn claims(&self, now: Instant) -> Claims {
+        match self.keeper.fence_deadline() {
+            Some(deadline) if self.keeper.may_announce(now) => {
+                Claims::Until(self.origin.into_std() + deadline.since_origin())
+            }
+            _ => Claims::Closed,
+        }
+    }
+
     fn publish(&self, now: Instant) {
+        // Before the view: whoever reads `may_announce` true finds the gate open already.
+        self.fence.set_claims(self.claims(now));
         let live_nodes = self.membership.live_nodes(now);
         let interfaces_up = live_nodes
             .iter()
@@ -396,8 +469,14 @@ fn speaker_lease(lease: &Lease) -> Option<LeaseObservation> {
     lease_observation(lease)
 }
 
-/// Sends one keeper request and maps the outcome.
-async fn execute(api: Api<Lease>, name: String, namespace: String, request: Request) -> Response {
+/// Sends one keeper request, with the status record `status`, and maps the outcome.
+async fn execute(
+    api: Api<Lease>,
+    name: String,
+    namespace: String,
+    request: Request,
+    status: String,
+) -> Response {
     let post = PostParams::default();
     match request {
         Request::Get => match api.get_opt(&name).await {
@@ -408,7 +487,7 @@ async fn execute(api: Api<Lease>, name: String, namespace: String, request: Requ
             Err(e) => failed("get", &e),
         },
         Request::Create(spec) => {
-            let lease = lease_from_spec(&name, &namespace, None, &spec);
+            let lease = with_status(lease_from_spec(&name, &namespace, None, &spec), status);
             match api.create(&post, &lease).await {
                 Ok(lease) => written(&lease),
                 Err(kube::Error::Api(s)) if s.code == 409 => Response::Conflict,
@@ -419,7 +498,10 @@ async fn execute(api: Api<Lease>, name: String, namespace: String, request: Requ
             resource_version,
             spec,
         } => {
-            let lease = lease_from_spec(&name, &namespace, Some(&resource_version), &spec);
+            let lease = with_status(
+                lease_from_spec(&name, &namespace, Some(&resource_version), &spec),
+                status,
+            );
             match api.replace(&name, &post, &lease).await {
                 Ok(lease) => written(&lease),
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Response::Conflict,
@@ -427,6 +509,15 @@ async fn execute(api: Api<Lease>, name: String, namespace: String, request: Requ
             }
         }
     }
+}
+
+fn with_status(mut lease: Lease, status: String) -> Lease {
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOUNCING_ANNOTATION.to_string(), status);
+    lease
 }
 
 fn written(lease: &Lease) -> Response {

@@ -20,15 +20,30 @@
 //!   into the core's plain inputs, invalid resources reported rather than applied;
 //! - [`lease_driver`] (tokio + kube, thin): runs [`lease::LeaseKeeper`] and
 //!   [`membership::Membership`] against the API server and publishes a
-//!   [`lease_driver::MembershipView`].
+//!   [`lease_driver::MembershipView`];
+//! - [`status`]: the per-node record of what it announces, carried on its Lease for `cairnctl`.
+//!
+//! The runtime of the `cairn-speaker` binary:
+//! - [`runtime`]: [`runtime::run`], the reconcile loop carrying the planner's actions out on
+//!   `cairn-arp` and `cairn-bgp`, with self-fencing, Events, status, metrics and shutdown;
+//! - [`cluster`]: the reflector caches it reads; [`peers`] (pure): the BGP sessions this node
+//!   runs; [`events`] (pure): which `nodeAssigned` Events are due; [`metrics`]: Prometheus
+//!   metrics and `/metrics`, `/healthz`, `/readyz`.
 
 pub mod adapter;
 pub mod announcements;
+pub mod cluster;
+pub mod dataplane;
 pub mod eligibility;
 pub mod endpoints;
+pub mod events;
 mod hash;
 pub mod lease;
 pub mod lease_driver;
 pub mod membership;
+pub mod metrics;
 pub mod ownership;
+pub mod peers;
+pub mod runtime;
+pub mod status;
 pub mod time;

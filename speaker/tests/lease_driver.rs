@@ -11,6 +11,7 @@ use cairn_e2e::apiserver::{LabApiServer, Options};
 use cairn_speaker::lease::LeaseConfig;
 use cairn_speaker::lease_driver::{DriverConfig, LeaseDriver, MembershipView, ReleaseError};
 use cairn_speaker::membership::{lease_name, LEASE_NAMESPACE};
+use cairn_speaker::status::{NodeStatus, ANNOUNCING_ANNOTATION};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
@@ -152,6 +153,47 @@ async fn published_interfaces_reach_the_peers() {
         v.interfaces_up.get("n1") == Some(&ifaces)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_record_rides_on_renewals_without_writes_of_its_own() {
+    let server = start().await;
+    let n1 = spawn(&server, "n1", long_lease("speaker-n1")).await;
+    all_live_and_announcing(&[&n1], &nodes(&["n1"])).await;
+    let writes_before = server.request_counts().verb("update");
+    let mut last = NodeStatus::default();
+    for i in 0..20u8 {
+        last = NodeStatus::default();
+        last.l2.insert(
+            std::net::IpAddr::from([192, 0, 2, 200 + i]),
+            nodes(&["eth0"]),
+        );
+        n1.set_status(last.clone());
+    }
+    let leases: Api<Lease> = Api::namespaced(client_for(&server).await, LEASE_NAMESPACE);
+    let started = Instant::now();
+    loop {
+        let lease = leases.get(&lease_name("n1")).await.expect("lease read");
+        let record = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOUNCING_ANNOTATION))
+            .map(|v| NodeStatus::from_annotation(v).expect("a status record"));
+        if record.as_ref() == Some(&last) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "record never written: {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes = server.request_counts().verb("update") - writes_before;
+    assert!(
+        writes < 20,
+        "20 status changes caused {writes} Lease writes; they must ride on renewals"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-/* Maps of decap.bpf.c. */
+/* Maps of decap.bpf.c (lb.bpf.c has its own: lb_decap_vips, lb_decap_stats in lb_maps.h). */
 #ifndef CAIRN_DECAP_MAPS_H
 #define CAIRN_DECAP_MAPS_H
 

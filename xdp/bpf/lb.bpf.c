@@ -20,12 +20,19 @@
  *  - inner length + outer header > configured MTU: XDP_DROP (LB_DROP_TOO_BIG); the fabric
  *    between nodes must carry client MTU + 40 bytes;
  *  - ICMP frag-needed / ICMPv6 packet-too-big to a VIP: hashed on the embedded header with
- *    addresses and ports swapped, so it reaches the backend owning the connection.
+ *    addresses and ports swapped, so it reaches the backend owning the connection;
+ *  - a tunnel (outer protocol / next header 4 or 41) whose inner destination is in
+ *    `lb_decap_vips`: stripped and passed to the stack, exactly as xdp_decap does (decap_core.h),
+ *    because one interface carries one XDP program and a node is often both load balancer and
+ *    backend; a tunnel to another inner address: XDP_PASS untouched. Both counted in
+ *    `lb_decap_stats` (only tunnel packets are: `passed` counts tunnels not stripped). Outer
+ *    fragments and outer lengths beyond the frame follow the rules above (passed, not counted).
  *
  * Cost: a flow-table hit makes two hash lookups (service, flow) and three inlined array
  * lookups (config, counters, backend with its MACs); the flow hash is computed only on a miss
  * or for an IPv6 outer flow label. `vip_addrs` is consulted only for fragments and malformed
- * packets, to tell a VIP's (dropped, counted) from anyone else's (passed).
+ * packets, to tell a VIP's (dropped, counted) from anyone else's (passed). The tunnel end's
+ * maps are read only for packets whose outer protocol is 4 or 41, after the TCP/UDP test.
  *
  * It must not modify packets it passes, nor trust any length field before checking it.
  */
@@ -38,6 +45,7 @@
 #include "lb_maps.h"
 #include "lb_hash.h"
 #include "pckt_parsing.h"
+#include "decap_core.h"
 
 /* A parsed packet to a VIP address. */
 struct packet {
@@ -150,7 +158,15 @@ static __always_inline int parse_icmp6_error(void *inner, void *data_end, struct
 	return LB_CONTINUE;
 }
 
-static __always_inline int parse_ipv4(void *l3, void *data_end, struct packet *pkt, __u32 global)
+static __always_inline struct decap_stats *decap_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_decap_stats, &zero);
+}
+
+static __always_inline int parse_ipv4(struct xdp_md *ctx, void *l3, void *data_end,
+				      struct packet *pkt, __u32 global)
 {
 	struct iphdr *iph = l3;
 	struct lb_addr dst;
@@ -174,6 +190,9 @@ static __always_inline int parse_ipv4(void *l3, void *data_end, struct packet *p
 	pkt->flow.dst[0] = iph->daddr;
 	if (iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP)
 		return parse_ports((void *)iph + ihl * 4, data_end, iph->protocol, pkt, &dst, global);
+	if (is_tunnel_proto(iph->protocol))
+		return decap_tunnel(ctx, &pkt->l2, (void *)iph + ihl * 4, iph->protocol, ihl * 4,
+				    &lb_decap_vips, decap_counters());
 	if (iph->protocol == IPPROTO_ICMP) {
 		struct icmp_hdr_ *icmp = (void *)iph + ihl * 4;
 
@@ -185,7 +204,8 @@ static __always_inline int parse_ipv4(void *l3, void *data_end, struct packet *p
 	return XDP_PASS;
 }
 
-static __always_inline int parse_ipv6(void *l3, void *data_end, struct packet *pkt, __u32 global)
+static __always_inline int parse_ipv6(struct xdp_md *ctx, void *l3, void *data_end,
+				      struct packet *pkt, __u32 global)
 {
 	struct ipv6hdr *ip6h = l3;
 	struct lb_addr dst;
@@ -204,6 +224,9 @@ static __always_inline int parse_ipv6(void *l3, void *data_end, struct packet *p
 	nexthdr = ip6h->nexthdr;
 	if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP)
 		return parse_ports((void *)(ip6h + 1), data_end, nexthdr, pkt, &dst, global);
+	if (is_tunnel_proto(nexthdr))
+		return decap_tunnel(ctx, &pkt->l2, (void *)(ip6h + 1), nexthdr, sizeof(*ip6h),
+				    &lb_decap_vips, decap_counters());
 	if (nexthdr == IPV6_NH_FRAGMENT)
 		return drop_if_vip(&dst, global, LB_DROP_FRAGMENT);
 	if (nexthdr == IPV6_NH_HOP || nexthdr == IPV6_NH_ROUTING || nexthdr == IPV6_NH_DEST)
@@ -443,9 +466,9 @@ int xdp_lb(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_PASS;
 	if (pkt.l2.proto == bpf_htons(ETH_P_IPV4))
-		act = parse_ipv4(l3, data_end, &pkt, cfg->global_stats_slot);
+		act = parse_ipv4(ctx, l3, data_end, &pkt, cfg->global_stats_slot);
 	else
-		act = parse_ipv6(l3, data_end, &pkt, cfg->global_stats_slot);
+		act = parse_ipv6(ctx, l3, data_end, &pkt, cfg->global_stats_slot);
 	if (act >= 0)
 		return act;
 	meta = lookup_service(&pkt, cfg);

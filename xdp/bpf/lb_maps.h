@@ -62,6 +62,25 @@ struct {
 	__uint(max_entries, 65536);
 } flows SEC(".maps");
 
+/*
+ * VIP address -> 1: inner destinations of tunnels this node strips (it is also a backend; see
+ * decap_core.h). Read only for packets whose outer protocol is 4 or 41.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_addr);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+} lb_decap_vips SEC(".maps");
+
+/* key 0 -> per-CPU counters of the tunnel end (only tunnel packets are counted) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct decap_stats);
+	__uint(max_entries, 1);
+} lb_decap_stats SEC(".maps");
+
 /* vip_num (or global_stats_slot) -> per-CPU counters */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -7,6 +7,10 @@
 //! "none"); an index is freed, and the flows pinned to it are purged from the flow table, when
 //! no service uses the backend any more.
 //!
+//! A node that is also a backend on the same interface (one XDP program per interface) gives
+//! the load balancer its decap VIPs ([`Dataplane::add_decap_vip`]): tunnels to them are
+//! stripped and passed to the stack exactly as [`crate::Decap`] does.
+//!
 //! # Restarts
 //!
 //! With [`DataplaneConfig::pin_dir`] set, every map is pinned in that bpffs directory and the XDP
@@ -16,7 +20,8 @@
 //! pinned by name), rebuilds its view of services, rings and backends from them, and
 //! [`Dataplane::attach`] swaps the new program into the pinned link atomically
 //! (`BPF_LINK_UPDATE`), so forwarding never stops. Re-applying the same services afterwards
-//! writes nothing. [`Dataplane::shutdown`] detaches and removes the pins. Without `pin_dir`, the
+//! writes nothing; the tunnel end's VIP list ([`Dataplane::decap_vips`]) is read from its map,
+//! so it too survives. [`Dataplane::shutdown`] detaches and removes the pins. Without `pin_dir`, the
 //! program is detached when the `Dataplane` drops.
 //!
 //! What it must not do: hold packets, talk to Kubernetes, or decide which services to program
@@ -36,6 +41,7 @@ use crate::abi::{
     BackendEntry, DropReason, FlowKey, FlowValue, LbAddr, LbConfig, NextHopEntry, VipKey, VipMeta,
     VipStats, DROP_REASONS,
 };
+use crate::decap::{self, DecapCounters};
 use crate::hash::jhash2;
 use crate::maglev::{self, MaglevError, TableSize, WeightedBackend};
 
@@ -315,8 +321,8 @@ fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> DataplaneErro
     }
 }
 
-/// Map names and what `load` sizes them to.
-const MAPS: [&str; 7] = [
+/// Map names (pinned by these names).
+const MAPS: [&str; 9] = [
     "lb_config",
     "vip_addrs",
     "vips",
@@ -324,6 +330,8 @@ const MAPS: [&str; 7] = [
     "backends",
     "flows",
     "vip_stats",
+    "lb_decap_vips",
+    "lb_decap_stats",
 ];
 
 struct ServiceState {
@@ -749,6 +757,30 @@ impl Dataplane {
             .map(|(addr, _)| *addr)
     }
 
+    /// Also strips tunnels whose inner destination is `vip`, as [`crate::Decap`] does: for a
+    /// node that is a backend on the interface the load balancer holds (one XDP program per
+    /// interface). Only packets whose outer protocol is 4 or 41 consult this list.
+    pub fn add_decap_vip(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
+        decap::add_vip(self.map("lb_decap_vips")?, "lb_decap_vips", vip)
+    }
+
+    /// Stops stripping tunnels to `vip` (absent: nothing to do).
+    pub fn remove_decap_vip(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
+        decap::remove_vip(self.map("lb_decap_vips")?, "lb_decap_vips", vip)
+    }
+
+    /// The VIPs whose tunnels are stripped, as the map holds them (also those added before a
+    /// restart with pins).
+    pub fn decap_vips(&mut self) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+        decap::list_vips(self.map("lb_decap_vips")?, "lb_decap_vips")
+    }
+
+    /// The tunnel end's counters. Only tunnelled packets are counted: `passed` is the tunnels
+    /// to inner addresses not in the list (other packets are the load balancer's).
+    pub fn decap_counters(&mut self) -> Result<DecapCounters, DataplaneError> {
+        decap::read_counters(self.map("lb_decap_stats")?, "lb_decap_stats")
+    }
+
     /// Runs the program once per `repeat` on `packet` with `BPF_PROG_TEST_RUN` (maps are the
     /// live ones: a run can create flow entries and counts). For fixtures and benchmarks.
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutput, DataplaneError> {
@@ -844,7 +876,8 @@ impl Dataplane {
         }
         for key in doomed {
             match flows.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_absent(&e) => {} // evicted meanwhile
                 Err(e) => return Err(map_err("flows")(e)),
             }
         }
@@ -974,6 +1007,16 @@ pub(crate) fn detach(attachment: &Attachment, name: &'static str) -> Result<(), 
         tracing::info!(ifname = attachment.ifname, program = name, "detached");
     }
     Ok(())
+}
+
+/// Whether a map delete failed only because the key was not there (aya reports it as the
+/// syscall's ENOENT).
+pub(crate) fn is_absent(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// Removes the pinned maps `names` from `dir`, then `dir` if it is empty.

@@ -12,19 +12,27 @@
 //! ([`AttachMode::Reused`]). [`Decap::shutdown`] detaches and removes the pins. Use a directory
 //! of its own (not the load balancer's): both name their links `link_<ifname>`.
 //!
+//! [`Decap::decap_vips`] reads the VIP list from the map itself, so after a restart with pins
+//! the VIPs a previous process added can be listed (and stale ones removed).
+//!
+//! The same tunnel end runs inside the load balancer (`bpf/decap_core.h`), for nodes that
+//! balance and are backends on one interface: [`crate::Dataplane::add_decap_vip`]. The map
+//! helpers at the bottom serve both.
+//!
 //! It must not decapsulate anything whose inner destination is not in its VIP list.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{DecapStats, LbAddr};
 use crate::dataplane::{
-    attach_maybe_pinned, detach, remove_pins, run_xdp, AttachMode, Attachment, DataplaneError,
-    TestRunOutput,
+    attach_maybe_pinned, detach, is_absent, remove_pins, run_xdp, AttachMode, Attachment,
+    DataplaneError, TestRunOutput,
 };
 
 /// The maps of `decap.bpf.c`, pinned by these names.
@@ -32,12 +40,14 @@ const MAPS: [&str; 2] = ["decap_vips", "decap_stats"];
 
 static DECAP_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/decap.bpf.o"));
 
-/// Counters of the decap program (summed over CPUs).
+/// Counters of a tunnel end (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DecapCounters {
     /// Tunnelled packets to a known VIP, stripped and passed to the stack.
     pub decapsulated: u64,
-    /// Everything else, passed untouched.
+    /// Passed untouched: by [`Decap`], every other packet; by the load balancer
+    /// ([`crate::Dataplane::decap_counters`]), only tunnelled packets to other inner addresses
+    /// (it does not count the rest).
     pub passed: u64,
     /// Tunnelled packets the kernel would not shrink (dropped).
     pub malformed: u64,
@@ -134,52 +144,90 @@ impl Decap {
         Ok(())
     }
 
-    /// Accepts tunnelled packets whose inner destination is `vip`.
-    pub fn add_vip(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
-        let mut map: BpfHashMap<&mut MapData, LbAddr, u32> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("decap_vips")
-                .ok_or(DataplaneError::Missing("decap_vips"))?,
-        )
-        .map_err(map_error("decap_vips"))?;
-        map.insert(LbAddr::from_ip(vip), 1, 0)
-            .map_err(map_error("decap_vips"))
+    fn map(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
     }
 
-    /// Stops accepting tunnelled packets for `vip`.
+    /// Accepts tunnelled packets whose inner destination is `vip`.
+    pub fn add_vip(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
+        add_vip(self.map("decap_vips")?, "decap_vips", vip)
+    }
+
+    /// Stops accepting tunnelled packets for `vip` (absent: nothing to do).
     pub fn remove_vip(&mut self, vip: IpAddr) -> Result<(), DataplaneError> {
-        let mut map: BpfHashMap<&mut MapData, LbAddr, u32> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("decap_vips")
-                .ok_or(DataplaneError::Missing("decap_vips"))?,
-        )
-        .map_err(map_error("decap_vips"))?;
-        match map.remove(&LbAddr::from_ip(vip)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_error("decap_vips")(e)),
-        }
+        remove_vip(self.map("decap_vips")?, "decap_vips", vip)
+    }
+
+    /// The VIPs accepted, as the map holds them (also those added before a restart).
+    pub fn decap_vips(&mut self) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+        list_vips(self.map("decap_vips")?, "decap_vips")
     }
 
     /// The counters.
     pub fn counters(&mut self) -> Result<DecapCounters, DataplaneError> {
-        let map: PerCpuArray<&mut MapData, DecapStats> = PerCpuArray::try_from(
-            self.ebpf
-                .map_mut("decap_stats")
-                .ok_or(DataplaneError::Missing("decap_stats"))?,
-        )
-        .map_err(map_error("decap_stats"))?;
-        let values = map.get(&0, 0).map_err(map_error("decap_stats"))?;
-        let mut total = DecapCounters::default();
-        for cpu in values.iter() {
-            total.decapsulated += cpu.decapsulated;
-            total.passed += cpu.passed;
-            total.malformed += cpu.malformed;
-        }
-        Ok(total)
+        read_counters(self.map("decap_stats")?, "decap_stats")
     }
 
     /// Runs the program on `packet` with `BPF_PROG_TEST_RUN` (fixtures).
     pub fn test_run(&mut self, packet: &[u8]) -> Result<TestRunOutput, DataplaneError> {
         run_xdp(self.program()?, packet, 1).map_err(program_error)
     }
+}
+
+/// Adds `vip` to a tunnel end's VIP map `name`.
+pub(crate) fn add_vip(
+    map: &mut Map,
+    name: &'static str,
+    vip: IpAddr,
+) -> Result<(), DataplaneError> {
+    let mut vips: BpfHashMap<&mut MapData, LbAddr, u32> =
+        BpfHashMap::try_from(map).map_err(map_error(name))?;
+    vips.insert(LbAddr::from_ip(vip), 1, 0)
+        .map_err(map_error(name))
+}
+
+/// Removes `vip` from a tunnel end's VIP map `name`; an absent VIP is not an error.
+pub(crate) fn remove_vip(
+    map: &mut Map,
+    name: &'static str,
+    vip: IpAddr,
+) -> Result<(), DataplaneError> {
+    let mut vips: BpfHashMap<&mut MapData, LbAddr, u32> =
+        BpfHashMap::try_from(map).map_err(map_error(name))?;
+    match vips.remove(&LbAddr::from_ip(vip)) {
+        Ok(()) => Ok(()),
+        Err(e) if is_absent(&e) => Ok(()),
+        Err(e) => Err(map_error(name)(e)),
+    }
+}
+
+/// The VIPs in a tunnel end's VIP map `name` (keys of an unknown family are skipped).
+pub(crate) fn list_vips(
+    map: &mut Map,
+    name: &'static str,
+) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+    let vips: BpfHashMap<&mut MapData, LbAddr, u32> =
+        BpfHashMap::try_from(map).map_err(map_error(name))?;
+    let keys = vips
+        .keys()
+        .collect::<Result<Vec<LbAddr>, _>>()
+        .map_err(map_error(name))?;
+    Ok(keys.into_iter().filter_map(LbAddr::to_ip).collect())
+}
+
+/// A tunnel end's counters from its per-CPU stats map `name`, summed over CPUs.
+pub(crate) fn read_counters(
+    map: &mut Map,
+    name: &'static str,
+) -> Result<DecapCounters, DataplaneError> {
+    let stats: PerCpuArray<&mut MapData, DecapStats> =
+        PerCpuArray::try_from(map).map_err(map_error(name))?;
+    let values = stats.get(&0, 0).map_err(map_error(name))?;
+    let mut total = DecapCounters::default();
+    for cpu in values.iter() {
+        total.decapsulated += cpu.decapsulated;
+        total.passed += cpu.passed;
+        total.malformed += cpu.malformed;
+    }
+    Ok(total)
 }

@@ -1,5 +1,6 @@
 //! Katran-style fixtures for `lb.bpf.c` and `decap.bpf.c`, run by the kernel with
-//! BPF_PROG_TEST_RUN: {description, input frame, expected verdict, expected output frame}.
+//! BPF_PROG_TEST_RUN: {description, input frame, expected verdict, expected output frame},
+//! including `xdp_lb` as a tunnel end (decap VIPs) checked against `xdp_decap` byte for byte.
 //! Needs root (loading BPF programs).
 
 mod common;
@@ -7,8 +8,8 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use cairn_xdp::{
-    Dataplane, DataplaneConfig, Decap, DropReason, FlowTuple, NextHop, Protocol, Service,
-    WeightedBackend,
+    Dataplane, DataplaneConfig, Decap, DecapCounters, DropReason, FlowTuple, NextHop, Protocol,
+    Service, WeightedBackend,
 };
 use common::*;
 
@@ -848,4 +849,225 @@ fn decap_fixtures_strip_tunnels_to_known_vips_only() {
         .expect("remove");
     let input = encap4("198.51.100.11", &inner, 0, mac_b, None);
     assert_eq!(decap.test_run(&input).expect("run").data, input);
+}
+
+/// A tunnel from another load balancer (198.51.100.2 / 2001:db8:1::2) to this node.
+fn tunnel_to_me(inner_l3: &[u8], vlan: Option<u16>) -> Vec<u8> {
+    frame(
+        eth(LB_MAC, NH_DST, ETH_IPV4, vlan),
+        &outer_v4(
+            ip4("198.51.100.2"),
+            ip4(LOCAL4),
+            0,
+            inner_l3,
+            inner_l3[0] >> 4 == 6,
+        ),
+    )
+}
+
+fn tunnel6_to_me(inner_l3: &[u8]) -> Vec<u8> {
+    frame(
+        eth(LB_MAC, NH_DST, ETH_IPV6, None),
+        &outer_v6(
+            ip6("2001:db8:1::2"),
+            ip6(LOCAL6),
+            0x12345,
+            inner_l3,
+            inner_l3[0] >> 4 == 6,
+        ),
+    )
+}
+
+#[test]
+fn lb_strips_tunnels_to_its_decap_vips_exactly_as_the_decap_program_does() {
+    let mut dp = lab_dataplane();
+    let mut decap = Decap::load().expect("load decap");
+    // This node balances 203.0.113.10 and 2001:db8:10::1 and is a backend for them too.
+    for vip in ["203.0.113.10", "2001:db8:10::1"] {
+        let vip = vip.parse().expect("vip");
+        dp.add_decap_vip(vip).expect("lb decap vip");
+        decap.add_vip(vip).expect("decap vip");
+    }
+    assert_eq!(
+        dp.decap_vips().expect("list"),
+        decap.decap_vips().expect("list")
+    );
+    assert_eq!(
+        dp.decap_vips().expect("list"),
+        [addr_of("203.0.113.10"), addr_of("2001:db8:10::1")].into()
+    );
+    let inner = tcp4("203.0.113.10", 40000, 80, SYN);
+    let inner6 = v6_packet(
+        ip6(CLIENT6),
+        ip6("2001:db8:10::1"),
+        TCP,
+        &tcp(40004, 80, ACK, b"six"),
+    );
+    // A service of this balancer, but not a decap VIP: its tunnels are not for this node.
+    let balanced_only = tcp4("203.0.113.20", 40000, 22, SYN);
+    let unknown = tcp4("203.0.113.99", 40000, 80, SYN);
+    let stripped: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "IPv4-in-IPv4 to a decap VIP loses its outer header",
+            tunnel_to_me(&inner, None),
+            frame(eth(LB_MAC, NH_DST, ETH_IPV4, None), &inner),
+        ),
+        (
+            "IPv6-in-IPv6 to a decap VIP loses its outer header",
+            tunnel6_to_me(&inner6),
+            frame(eth(LB_MAC, NH_DST, ETH_IPV6, None), &inner6),
+        ),
+        (
+            "6in4 to an IPv6 decap VIP becomes an IPv6 frame",
+            tunnel_to_me(&inner6, None),
+            frame(eth(LB_MAC, NH_DST, ETH_IPV6, None), &inner6),
+        ),
+        (
+            "the VLAN tag is kept",
+            tunnel_to_me(&inner, Some(9)),
+            frame(eth(LB_MAC, NH_DST, ETH_IPV4, Some(9)), &inner),
+        ),
+    ];
+    let untouched: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a tunnel to a VIP not in the list",
+            tunnel_to_me(&unknown, None),
+        ),
+        (
+            "an IPv6 tunnel to a VIP not in the list",
+            tunnel6_to_me(&v6_packet(
+                ip6(CLIENT6),
+                ip6("2001:db8:10::9"),
+                TCP,
+                &tcp(40004, 80, SYN, b""),
+            )),
+        ),
+        (
+            "a tunnel to a balanced VIP that is not a decap VIP",
+            tunnel_to_me(&balanced_only, None),
+        ),
+        (
+            "a tunnel whose inner header is cut short",
+            tunnel_to_me(&inner[..12], None),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (description, input, want) in &stripped {
+        for (program, out) in [
+            ("xdp_lb", dp.test_run(input, 1).expect("run lb")),
+            ("xdp_decap", decap.test_run(input).expect("run decap")),
+        ] {
+            if (out.verdict, &out.data) != (XDP_PASS, want) {
+                failures.push(format!(
+                    "{program}: {description}: verdict {} {:02x?}",
+                    out.verdict, out.data
+                ));
+            }
+        }
+    }
+    for (description, input) in &untouched {
+        for (program, out) in [
+            ("xdp_lb", dp.test_run(input, 1).expect("run lb")),
+            ("xdp_decap", decap.test_run(input).expect("run decap")),
+        ] {
+            if (out.verdict, &out.data) != (XDP_PASS, input) {
+                failures.push(format!(
+                    "{program}: {description}: verdict {} {:02x?}",
+                    out.verdict, out.data
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let want = DecapCounters {
+        decapsulated: 4,
+        passed: 4,
+        malformed: 0,
+    };
+    assert_eq!(dp.decap_counters().expect("lb counters"), want);
+    assert_eq!(decap.counters().expect("decap counters"), want);
+
+    // Packets that are not tunnels keep the load balancer's path and are not the tunnel end's
+    // to count: the VIP's own traffic is balanced, anything else passes.
+    let to_vip = in_frame(&inner);
+    let out = dp.test_run(&to_vip, 1).expect("run");
+    assert_eq!(
+        (out.verdict, outer_dst(&out.data)),
+        (XDP_TX, addr_of("198.51.100.11"))
+    );
+    let other = in_frame(&unknown);
+    assert_eq!(dp.test_run(&other, 1).expect("run").data, other);
+    // An outer length beyond the frame is the load balancer's decision (pass, not counted).
+    let truncated = tunnel_to_me(&inner, None)[..14 + 20 + 12].to_vec();
+    let out = dp.test_run(&truncated, 1).expect("run");
+    assert_eq!((out.verdict, &out.data), (XDP_PASS, &truncated));
+    assert_eq!(dp.decap_counters().expect("lb counters"), want);
+
+    dp.remove_decap_vip(addr_of("203.0.113.10"))
+        .expect("remove");
+    dp.remove_decap_vip(addr_of("203.0.113.10"))
+        .expect("removing an absent VIP is not an error");
+    assert_eq!(
+        dp.decap_vips().expect("list"),
+        [addr_of("2001:db8:10::1")].into()
+    );
+    let input = tunnel_to_me(&inner, None);
+    let out = dp.test_run(&input, 1).expect("run");
+    assert_eq!((out.verdict, &out.data), (XDP_PASS, &input));
+}
+
+fn addr_of(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn a_restart_with_pinned_maps_keeps_both_tunnel_ends_vip_lists_listed_and_stripping() {
+    assert!(cairn_e2e::netns::is_root(), "BPF tests need root");
+    let lb_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/cairn-xdp-test-lbdecap-{}",
+        std::process::id()
+    ));
+    let decap_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/cairn-xdp-test-decap-{}",
+        std::process::id()
+    ));
+    let config = DataplaneConfig {
+        pin_dir: Some(lb_dir.clone()),
+        local_v4: Some(ip4(LOCAL4)),
+        ..DataplaneConfig::default()
+    };
+    let vip = addr_of("203.0.113.10");
+    let stale = addr_of("203.0.113.11");
+    {
+        let mut dp = Dataplane::load(config.clone()).expect("load");
+        let mut decap = Decap::load_pinned(&decap_dir).expect("load decap");
+        for v in [vip, stale] {
+            dp.add_decap_vip(v).expect("lb decap vip");
+            decap.add_vip(v).expect("decap vip");
+        }
+    } // dropped without shutdown: pins stay
+    let mut dp = Dataplane::load(config).expect("reload");
+    let mut decap = Decap::load_pinned(&decap_dir).expect("reload decap");
+    // A restarted process can see what its predecessor accepted, and so remove stale VIPs.
+    assert_eq!(dp.decap_vips().expect("list"), [vip, stale].into());
+    assert_eq!(decap.decap_vips().expect("list"), [vip, stale].into());
+    dp.remove_decap_vip(stale).expect("remove");
+    decap.remove_vip(stale).expect("remove");
+    let inner = tcp4("203.0.113.10", 40000, 80, SYN);
+    let input = tunnel_to_me(&inner, None);
+    let want = frame(eth(LB_MAC, NH_DST, ETH_IPV4, None), &inner);
+    let lb_out = dp.test_run(&input, 1).expect("run");
+    let decap_out = decap.test_run(&input).expect("run");
+    assert_eq!((lb_out.verdict, &lb_out.data), (XDP_PASS, &want));
+    assert_eq!((decap_out.verdict, &decap_out.data), (XDP_PASS, &want));
+    let to_stale = tunnel_to_me(&tcp4("203.0.113.11", 40000, 80, SYN), None);
+    assert_eq!(dp.test_run(&to_stale, 1).expect("run").data, to_stale);
+    assert_eq!(dp.decap_vips().expect("list"), [vip].into());
+    assert_eq!(decap.decap_vips().expect("list"), [vip].into());
+    dp.shutdown().expect("shutdown");
+    decap.shutdown().expect("shutdown decap");
+    assert!(
+        !lb_dir.exists() && !decap_dir.exists(),
+        "shutdown removes the pins"
+    );
 }

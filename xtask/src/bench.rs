@@ -15,7 +15,11 @@ const BENCHES: &[(&str, &str, u32)] = &[
     ("xdp", "cairn-xdp", 8),
     ("ownership", "cairn-speaker", 7),
     ("leases", "cairn-speaker", 7),
+    ("failover", "cairn-e2e", 7),
 ];
+
+/// Benchmarks that start Cairn's binaries (from `target/debug`) in the lab.
+const RUNS_THE_BINARIES: &[&str] = &["failover"];
 
 fn folder(package: &str) -> &str {
     package.strip_prefix("cairn-").unwrap_or(package)
@@ -50,6 +54,13 @@ pub fn run(root: &Path, names: &[String]) -> Result<()> {
         selected
     };
     for (name, package) in selected {
+        if RUNS_THE_BINARIES.contains(&name) {
+            super::run(
+                root,
+                "cargo",
+                &["build", "--quiet", "--workspace", "--bins"],
+            )?;
+        }
         super::run(
             root,
             "cargo",

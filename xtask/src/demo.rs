@@ -1,16 +1,23 @@
-//! `cargo xtask demo`.
+//! `cargo xtask demo`: Cairn working on this machine, end to end.
 //!
-//! Today it runs what exists: it reads `manifests/examples`, validates every Cairn resource there
-//! with the same code the controllers use, and prints what each one would make Cairn do. It says
-//! plainly what it does not run yet: the lab (network namespaces, the lab API server, the
-//! allocator and one speaker per node) arrives with issue 10, and the demo will then drive it.
+//! 1. Validates `manifests/examples` with the controllers' own validation.
+//! 2. Builds the binaries and brings the user's lab up afresh (`cairn_e2e::lab`: FRR router,
+//!    three node namespaces, two clients, the lab API server, `cairn-allocator` and one
+//!    `cairn-speaker` per node).
+//! 3. Runs the scenario of `cairn_e2e::lab::demo` (Services, addresses, owners, the router's
+//!    ECMP routes, requests from both clients, a measured failover, a Service deletion), which
+//!    prints its account as it goes.
+//! 4. Prints the summary (each expectation met / FAILED) and the commands to explore, and tears
+//!    the lab down unless `--keep`. Fails when any expectation failed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cairn_api::v1alpha1::*;
 use cairn_api::validation::{self, Community, ValidPool};
+use cairn_e2e::lab::{demo, Dataplane, Lab, LabConfig, UpOutcome};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -64,10 +71,10 @@ fn spec<T: DeserializeOwned>(doc: &Document) -> Result<T> {
     })
 }
 
-/// Runs the demo; fails when an example does not validate.
-pub fn run(root: &Path) -> Result<()> {
+/// Validates the examples; fails when one does not.
+fn validate(root: &Path) -> Result<()> {
     let docs = documents(&root.join("manifests/examples"))?;
-    println!("Cairn demo: validating manifests/examples with the controllers' own validation\n");
+    println!("== Validating manifests/examples with the controllers' own validation");
     let mut failures = 0;
     let mut report = |doc: &Document, outcome: Result<String, validation::Problems>| match outcome {
         Ok(summary) => println!("  ok    {:<17} {:<18} {summary}", doc.kind, doc.name),
@@ -144,13 +151,105 @@ pub fn run(root: &Path) -> Result<()> {
             println!("  FAIL  IPAddressPool     {pool:<18} {p}");
         }
     }
-    println!(
-        "\nNot run yet: the lab (network namespaces with an FRR router, three nodes and two clients),\n\
-         the lab API server, the allocator and the speakers. They arrive with issues 4-10; until\n\
-         then this demo only validates the example configuration."
-    );
     if failures > 0 {
         bail!("{failures} example resource(s) failed validation");
+    }
+    Ok(())
+}
+
+/// Runs the demo; fails when any expectation failed.
+pub fn run(root: &Path, keep: bool, dataplane: Dataplane) -> Result<()> {
+    if !cairn_e2e::netns::is_root() {
+        bail!(
+            "the demo runs in network namespaces, which need root: run `cargo xtask demo` as root"
+        );
+    }
+    validate(root)?;
+    crate::run(root, "cargo", &["build", "--workspace", "--bins"])?;
+    let started = Instant::now();
+    let mut config = LabConfig::user(root);
+    config.dataplane = dataplane;
+    let lab = Lab::new(config);
+    if lab.status().namespaces.iter().any(|(_, exists)| *exists) {
+        println!("\n== Removing the previous lab");
+        for line in lab.down()? {
+            println!("  removed {line}");
+        }
+    }
+    println!("\n== Bringing the lab up");
+    match lab.up()? {
+        UpOutcome::AlreadyUp => println!("  the lab was already up"),
+        UpOutcome::Created(made) => {
+            for line in made {
+                println!("  {line}");
+            }
+        }
+    }
+    let mut stdout = std::io::stdout();
+    let outcome = demo::run(&lab, &mut stdout);
+    let elapsed = started.elapsed();
+    let expectations = match outcome {
+        Ok(e) => e,
+        Err(e) => {
+            println!("\nthe demo stopped: {e}");
+            println!("the lab is left up for inspection; `cargo xtask lab down` removes it");
+            return Err(e.into());
+        }
+    };
+
+    println!("\n== Summary ({} s after the build)", elapsed.as_secs());
+    let width = expectations
+        .iter()
+        .map(|e| e.what.chars().count())
+        .max()
+        .unwrap_or(0);
+    for e in &expectations {
+        println!(
+            "  {:<6}  {:<width$}  {}",
+            if e.met { "met" } else { "FAILED" },
+            e.what,
+            e.seen
+        );
+    }
+    let failed = expectations.iter().filter(|e| !e.met).count();
+    println!(
+        "  {} of {} expectations met",
+        expectations.len() - failed,
+        expectations.len()
+    );
+
+    let kubeconfig = lab.kubeconfig();
+    if keep {
+        println!("\n== Explore");
+    } else {
+        println!(
+            "\n== Explore (after `cargo xtask demo --keep`, or on a lab from `cargo xtask lab up`)"
+        );
+    }
+    println!(
+        "  kubectl --kubeconfig {} get services,ipaddresspools -A",
+        kubeconfig.display()
+    );
+    println!(
+        "  target/debug/cairnctl --kubeconfig {} status",
+        kubeconfig.display()
+    );
+    println!(
+        "  target/debug/cairnctl --kubeconfig {} why default/web",
+        kubeconfig.display()
+    );
+    println!(
+        "  cargo xtask lab status        (processes, FRR's BGP summary; logs in target/lab/logs)"
+    );
+    println!("  cargo xtask lab down          (removes everything the lab made)");
+    if keep {
+        println!("\nthe lab stays up (--keep)");
+    } else {
+        lab.down()?;
+        println!("\nthe lab is down (run with --keep to explore it)");
+    }
+    if failed > 0 {
+        bail!("{failed} expectation(s) failed");
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! `cargo xtask lab up|down|status`: the user's lab (`cairn_e2e::lab`, prefix `cairn`, files in
-//! `target/lab/`). `up` builds the lab's binaries first; nothing here runs without root.
+//! `target/lab/`, with the allocator and one speaker per node). `up` builds the binaries first;
+//! `status` also shows `cairnctl status`. Nothing here runs without root.
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use cairn_e2e::lab::{Lab, LabConfig, UpOutcome};
+use cairn_e2e::lab::{Dataplane, Lab, LabConfig, UpOutcome};
 
 /// What to do with the lab.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -17,16 +18,48 @@ pub enum Action {
     Status,
 }
 
-pub fn run(root: &Path, action: Action) -> Result<()> {
+/// The speakers' `--dataplane`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DataplaneArg {
+    /// The kernel delivers VIP traffic (the lab's kube-proxy stand-in)
+    Kernel,
+    /// The speakers' XDP stage forwards VIP traffic
+    Xdp,
+}
+
+impl From<DataplaneArg> for Dataplane {
+    fn from(arg: DataplaneArg) -> Self {
+        match arg {
+            DataplaneArg::Kernel => Dataplane::Kernel,
+            DataplaneArg::Xdp => Dataplane::Xdp,
+        }
+    }
+}
+
+/// How `up` makes the lab.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// How the speakers deliver VIP traffic
+    #[arg(long, value_enum, default_value = "kernel")]
+    dataplane: DataplaneArg,
+    /// Leave Cairn's own processes (allocator, speakers) out, to run them by hand
+    #[arg(long)]
+    no_cairn: bool,
+}
+
+pub fn run(root: &Path, action: Action, options: &Options) -> Result<()> {
     if !cairn_e2e::netns::is_root() {
         bail!(
             "the lab lives in network namespaces, which need root: run `cargo xtask lab` as root"
         );
     }
-    let lab = Lab::new(LabConfig::user(root));
+    let mut config = LabConfig::user(root);
+    config.dataplane = options.dataplane.into();
+    config.start_cairn = !options.no_cairn;
+    let lab = Lab::new(config);
     match action {
         Action::Up => {
-            crate::run(root, "cargo", &["build", "--bins", "-p", "cairn-e2e"])?;
+            crate::run(root, "cargo", &["build", "--workspace", "--bins"])?;
             match lab.up()? {
                 UpOutcome::AlreadyUp => println!("the lab is already up"),
                 UpOutcome::Created(made) => {
@@ -79,6 +112,21 @@ fn status(lab: &Lab) {
     match &status.bgp_summary {
         Some(summary) => println!("FRR BGP summary:\n{summary}"),
         None => println!("FRR: not answering"),
+    }
+    let cairnctl = lab.config().bin_dir.join("cairnctl");
+    if cairnctl.exists() && lab.kubeconfig().exists() {
+        let out = std::process::Command::new(&cairnctl)
+            .arg("--kubeconfig")
+            .arg(lab.kubeconfig())
+            .arg("status")
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                println!("cairnctl status:\n{}", String::from_utf8_lossy(&out.stdout));
+            }
+            Ok(out) => println!("cairnctl status: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(e) => println!("cairnctl status: cannot run {}: {e}", cairnctl.display()),
+        }
     }
     println!(
         "lab: {}",

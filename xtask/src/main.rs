@@ -4,7 +4,7 @@
 //! - `bench [NAME...]`: release-mode benchmarks, one `bench <metric> <value> <unit>` line each.
 //! - `crds`: regenerate `manifests/crds/` from the types in `api/`.
 //! - `lab up|down|status`: the lab of network namespaces the demo runs in (see `lab.rs`).
-//! - `demo`: what Cairn does, shown on this machine (see `demo.rs` for what runs today).
+//! - `demo [--keep]`: Cairn working end to end in the lab (see `demo.rs`).
 
 mod bench;
 mod demo;
@@ -35,13 +35,22 @@ enum Task {
     },
     /// Regenerate manifests/crds/*.yaml from the Rust types
     Crds,
-    /// Show Cairn working on this machine
-    Demo,
-    /// Bring the lab (network namespaces, FRR, lab API server, backends) up or down (needs root)
+    /// Show Cairn working on this machine (needs root)
+    Demo {
+        /// Leave the lab up afterwards
+        #[arg(long)]
+        keep: bool,
+        /// How the speakers deliver VIP traffic
+        #[arg(long, value_enum, default_value = "kernel")]
+        dataplane: lab::DataplaneArg,
+    },
+    /// Bring the lab (namespaces, FRR, lab API server, backends, Cairn) up or down (needs root)
     Lab {
         /// up, down or status
         #[arg(value_enum)]
         action: lab::Action,
+        #[command(flatten)]
+        options: lab::Options,
     },
 }
 
@@ -51,8 +60,8 @@ fn main() -> Result<()> {
         Task::Test => test(&root),
         Task::Bench { names } => bench::run(&root, &names),
         Task::Crds => crds(&root),
-        Task::Demo => demo::run(&root),
-        Task::Lab { action } => lab::run(&root, action),
+        Task::Demo { keep, dataplane } => demo::run(&root, keep, dataplane.into()),
+        Task::Lab { action, options } => lab::run(&root, action, &options),
     }
 }
 
@@ -99,6 +108,8 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The e2e tests start the binaries (allocator, speakers, cairnctl) from target/debug.
+    run(root, "cargo", &["build", "--workspace", "--bins"])?;
     run(root, "cargo", &["test", "--workspace"])?;
     cairn_e2e::netns::sweep_stale();
     Ok(())

@@ -495,6 +495,7 @@ impl Store {
                 spec.entry("type").or_insert_with(|| json!("ClusterIP"));
             }
         }
+        fold_string_data(res, &mut body);
         if res.is_crd() {
             let infos = crd_resources(&body).map_err(|e| ApiError::invalid(res, &name, e))?;
             body["status"] = crd_status(&body, &stamp);
@@ -595,6 +596,7 @@ impl Store {
         }
         new["apiVersion"] = cur["apiVersion"].clone();
         new["kind"] = cur["kind"].clone();
+        fold_string_data(res, &mut new);
         if res.is_crd() && target == Target::Main {
             let infos = crd_resources(&new).map_err(|e| ApiError::invalid(res, name, e))?;
             let names = new["spec"]["names"].clone();
@@ -1019,6 +1021,33 @@ fn crd_status(crd: &Value, stamp: &str) -> Value {
     })
 }
 
+/// Secrets: `stringData` is write-only; like upstream, each of its keys is merged into `data`
+/// (base64, overriding a `data` key of the same name) and `stringData` itself is dropped.
+fn fold_string_data(res: &ResourceInfo, body: &mut Value) {
+    use base64::Engine as _;
+    if !(res.group.is_empty() && res.plural == "secrets") {
+        return;
+    }
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = obj.remove("stringData") else {
+        return;
+    };
+    let data = obj.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in string_data {
+            if let Value::String(text) = value {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                data.insert(key, Value::String(encoded));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1208,6 +1237,31 @@ mod tests {
             )
             .unwrap();
         assert!(v.get("status").is_none());
+    }
+
+    #[test]
+    fn secret_string_data_is_merged_into_data_on_create_and_update() {
+        let mut s = Store::new(100);
+        let secret = s.registry().find("", "v1", "secrets").cloned().unwrap();
+        let created = s
+            .create(
+                &secret,
+                Some("default"),
+                json!({"metadata": {"name": "pw"}, "data": {"keep": "eA==", "password": "b2xk"},
+                       "stringData": {"password": "lab-only-password"}}),
+            )
+            .unwrap();
+        assert!(created.get("stringData").is_none());
+        assert_eq!(created["data"]["password"], "bGFiLW9ubHktcGFzc3dvcmQ=");
+        assert_eq!(created["data"]["keep"], "eA==");
+        let mut body = created.clone();
+        body["stringData"] = json!({"user": "cairn"});
+        let updated = s
+            .update(&secret, "default", "pw", body, Target::Main)
+            .unwrap();
+        assert!(updated.get("stringData").is_none());
+        assert_eq!(updated["data"]["user"], "Y2Fpcm4=");
+        assert_eq!(updated["data"]["password"], "bGFiLW9ubHktcGFzc3dvcmQ=");
     }
 
     /// One client operation in the property test below.
