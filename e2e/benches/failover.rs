@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use cairn_e2e::lab::{Lab, LabConfig, Signal, ECHO_PORT, L2CLIENT_V4, NODES};
 use cairn_e2e::netns::{is_root, Netns};
-use cairn_e2e::observer::{split_brain, Observer, Solicitation};
+use cairn_e2e::observer::{describe_around, split_brain, Observer, Solicitation};
 use cairn_e2e::probe::Probe;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
@@ -63,6 +63,13 @@ struct LabGuard(Lab);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let to = std::env::temp_dir().join(format!("{}-logs", self.0.config().prefix));
+            match self.0.keep_logs(&to) {
+                Ok(()) => eprintln!("the lab's logs are kept in {}", to.display()),
+                Err(e) => eprintln!("keeping the lab's logs in {}: {e}", to.display()),
+            }
+        }
         if let Err(e) = self.0.down() {
             eprintln!("tearing the benchmark lab down: {e}");
         }
@@ -141,13 +148,19 @@ fn run(lab: &Lab, runs: usize) {
     )
     .expect("observer");
     let probe = Probe::start(&l2client, SocketAddr::new(vip, ECHO_PORT)).expect("probe");
+    // When each failover's signal was sent, to say where a split-brain moment happened.
+    let mut signals: Vec<(Instant, String)> = Vec::new();
     for (name, signal) in [
         ("sigterm", Signal::Term),
         ("kill", Signal::Kill),
         ("sigstop", Signal::Stop),
     ] {
         let mut gaps: Vec<Duration> = (0..runs)
-            .map(|_| failover_gap(lab, &probe, signal))
+            .map(|run| {
+                let (signalled, gap) = failover_gap(lab, &probe, signal);
+                signals.push((signalled, format!("{name} run {}", run + 1)));
+                gap
+            })
             .collect();
         gaps.sort_unstable();
         let p50 = gaps[gaps.len().saturating_sub(1) / 2];
@@ -157,10 +170,22 @@ fn run(lab: &Lab, runs: usize) {
     }
     drop(probe);
     let claims = observer.stop();
-    println!(
-        "bench failover_split_brain_claims {} claims",
-        split_brain(&claims, WINDOW).len()
-    );
+    let found = split_brain(&claims, WINDOW);
+    for moment in &found {
+        let at = moment.claim.at;
+        let (signalled, run) = signals
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map_or((at, "before the first run"), |(t, run)| (*t, run.as_str()));
+        eprintln!(
+            "split brain in {run}, {} ms after the signal: {}",
+            (at - signalled).as_millis(),
+            describe_around(&claims, at, Duration::from_millis(300), |mac| lab
+                .name_of_mac(mac))
+        );
+    }
+    println!("bench failover_split_brain_claims {} claims", found.len());
 
     let one = writes_per_s(lab);
     let pool = lab.config().dir.join("bench-pool.yaml");
@@ -192,10 +217,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One failover: the owner's node stops serving (its echo port is dropped) and its speaker gets
-/// `signal` at the same moment, as when a node fails; the result is the longest time without an
-/// answer, from 200 ms before the signal until the traffic is answered by another node. Then
-/// the node serves again, the speaker is brought back and traffic settles.
-fn failover_gap(lab: &Lab, probe: &Probe, signal: Signal) -> Duration {
+/// `signal` at the same moment, as when a node fails; the result is when the signal was sent
+/// and the longest time without an answer, from 200 ms before the signal until the traffic is
+/// answered by another node. Then the node serves again, the speaker is brought back and
+/// traffic settles.
+fn failover_gap(lab: &Lab, probe: &Probe, signal: Signal) -> (Instant, Duration) {
     let old = settled_owner(probe);
     let node = NODES.iter().find(|n| n.name == old).expect("a lab node");
     let ns = lab.node_namespace(node);
@@ -215,7 +241,8 @@ fn failover_gap(lab: &Lab, probe: &Probe, signal: Signal) -> Duration {
     });
     assert!(
         moved,
-        "traffic did not move away from {old} after {signal:?}"
+        "traffic did not move away from {old} after {signal:?}: answers since the signal {:?}",
+        probe.record_since(t0).answered_by()
     );
     blackhole(lab, &ns, false);
     match signal {
@@ -229,7 +256,7 @@ fn failover_gap(lab: &Lab, probe: &Probe, signal: Signal) -> Duration {
         std::thread::sleep(RESUME_SETTLE);
     }
     settled_owner(probe);
-    gap
+    (t0, gap)
 }
 
 /// Makes namespace `ns` drop (or stop dropping) what arrives for the echo port: without it the

@@ -307,6 +307,21 @@ impl Lab {
         format!("{}-{}", self.config.prefix, node.short)
     }
 
+    /// The MAC address of `node`'s interface on the L2 segment.
+    pub fn node_mac(&self, node: &LabNode) -> Result<cairn_arp::MacAddr, NetnsError> {
+        Netns::adopt(&self.node_namespace(node))
+            .mac("eth0")
+            .map(cairn_arp::MacAddr)
+    }
+
+    /// The name of the node whose L2 interface has `mac`, or the MAC itself when none has.
+    pub fn name_of_mac(&self, mac: cairn_arp::MacAddr) -> String {
+        NODES
+            .iter()
+            .find(|n| self.node_mac(n).ok() == Some(mac))
+            .map_or_else(|| mac.to_string(), |n| n.name.to_owned())
+    }
+
     /// Every namespace of the lab.
     pub fn namespaces(&self) -> Vec<String> {
         let mut names = vec![self.switch_namespace(), self.router_namespace()];
@@ -324,6 +339,17 @@ impl Lab {
     /// The directory of the logs.
     pub fn log_dir(&self) -> PathBuf {
         self.config.dir.join("logs")
+    }
+
+    /// Copies the lab's logs to `to` (created if needed), for a failed test or benchmark: `down`
+    /// removes the lab's directory with them.
+    pub fn keep_logs(&self, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(self.log_dir())? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+        Ok(())
     }
 
     /// Where the speakers pin their XDP maps and links with `--dataplane xdp`, one directory per

@@ -448,6 +448,39 @@ pub fn split_brain(claims: &[Claim], window: Duration) -> Vec<SplitBrain> {
     found
 }
 
+/// The claims within `span` of `at`, in order, consecutive ones of one MAC and kind folded:
+/// `-40ms cairn-n1 ArpReply x2, +3ms cairn-n2 GratuitousArp x1`, with `name` naming each MAC.
+pub fn describe_around(
+    claims: &[Claim],
+    at: Instant,
+    span: Duration,
+    name: impl Fn(MacAddr) -> String,
+) -> String {
+    let mut near: Vec<&Claim> = claims
+        .iter()
+        .filter(|c| c.at + span >= at && c.at <= at + span)
+        .collect();
+    near.sort_by_key(|c| c.at);
+    let mut runs: Vec<(f64, MacAddr, ClaimKind, usize)> = Vec::new();
+    for c in near {
+        match runs.last_mut() {
+            Some((_, mac, kind, n)) if *mac == c.mac && *kind == c.kind => *n += 1,
+            _ => {
+                let ms = if c.at >= at {
+                    (c.at - at).as_secs_f64() * 1e3
+                } else {
+                    -(at - c.at).as_secs_f64() * 1e3
+                };
+                runs.push((ms, c.mac, c.kind, 1));
+            }
+        }
+    }
+    runs.iter()
+        .map(|(ms, mac, kind, n)| format!("{ms:+.0}ms {} {kind:?} x{n}", name(*mac)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The MACs that claimed `vip` in `claims`, with how many claims each.
 pub fn claimants(claims: &[Claim], vip: IpAddr) -> std::collections::BTreeMap<MacAddr, usize> {
     let mut by_mac = std::collections::BTreeMap::new();

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use cairn_arp::MacAddr;
 use cairn_e2e::lab::{Lab, LabConfig, Signal, ECHO_PORT, L2CLIENT_V4, NODES};
 use cairn_e2e::netns::{is_root, Netns};
-use cairn_e2e::observer::{claimants, split_brain, Claim, ClaimKind, Observer, Solicitation};
+use cairn_e2e::observer::{
+    claimants, describe_around, split_brain, Claim, ClaimKind, Observer, Solicitation,
+};
 use cairn_e2e::probe::{Probe, ProbeRecord};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
@@ -254,13 +256,7 @@ fn keep_logs(lab: &Lab) {
     let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("failover-logs")
         .join(&lab.config().prefix);
-    let copied = std::fs::create_dir_all(&to).and_then(|()| {
-        for entry in std::fs::read_dir(lab.log_dir())? {
-            let entry = entry?;
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-        Ok(())
-    });
+    let copied = lab.keep_logs(&to);
     match copied {
         Ok(()) => eprintln!("the lab's logs are kept in {}", to.display()),
         Err(e) => eprintln!("keeping the lab's logs in {}: {e}", to.display()),
@@ -374,18 +370,7 @@ fn create_service(
 /// The MAC of `node`'s eth0 (what its ARP replies carry).
 fn node_mac(lab: &Lab, node: &str) -> MacAddr {
     let node = NODES.iter().find(|n| n.name == node).expect("lab node");
-    MacAddr(
-        Netns::adopt(&lab.node_namespace(node))
-            .mac("eth0")
-            .expect("node MAC"),
-    )
-}
-
-fn node_of_mac(lab: &Lab, mac: MacAddr) -> String {
-    NODES
-        .iter()
-        .find(|n| node_mac(lab, n.name) == mac)
-        .map_or_else(|| mac.to_string(), |n| n.name.to_owned())
+    lab.node_mac(node).expect("node MAC")
 }
 
 /// Waits until the last second of answers (at least 50 of them) all came from one node, and
@@ -463,29 +448,7 @@ fn claim_runs(claims: &[Claim], since: Instant) -> Vec<MacAddr> {
 /// The claims from `span` before `at` to `span` after, as runs of (ms from `at`, node, kind,
 /// how many), for failure messages.
 fn around(lab: &Lab, claims: &[Claim], at: Instant, span: Duration) -> String {
-    let mut near: Vec<&Claim> = claims
-        .iter()
-        .filter(|c| c.at + span >= at && c.at <= at + span)
-        .collect();
-    near.sort_by_key(|c| c.at);
-    let mut runs: Vec<(f64, MacAddr, cairn_e2e::observer::ClaimKind, usize)> = Vec::new();
-    for c in near {
-        match runs.last_mut() {
-            Some((_, mac, kind, n)) if *mac == c.mac && *kind == c.kind => *n += 1,
-            _ => {
-                let ms = if c.at >= at {
-                    (c.at - at).as_secs_f64() * 1e3
-                } else {
-                    -(at - c.at).as_secs_f64() * 1e3
-                };
-                runs.push((ms, c.mac, c.kind, 1));
-            }
-        }
-    }
-    runs.iter()
-        .map(|(ms, mac, kind, n)| format!("{ms:+.0}ms {} {kind:?} x{n}", node_of_mac(lab, *mac)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    describe_around(claims, at, span, |mac| lab.name_of_mac(mac))
 }
 
 /// One request to the lab API server's lab-only `/debug/*` endpoints; returns the JSON body.
@@ -587,7 +550,7 @@ fn l2_vip_fails_over_on_kill_term_stop_and_api_outage_without_split_brain() {
     assert_eq!(last.client.ip(), IpAddr::V4(L2CLIENT_V4.parse().unwrap()));
     let claimed_by: Vec<String> = claimants(&observer.claims(), vip)
         .keys()
-        .map(|mac| node_of_mac(lab, *mac))
+        .map(|mac| lab.name_of_mac(*mac))
         .collect();
     assert_eq!(claimed_by, [owner], "only the owner answers ARP");
 
@@ -630,7 +593,7 @@ fn l2_vip_fails_over_on_kill_term_stop_and_api_outage_without_split_brain() {
         "after SIGCONT of {old} the VIP was claimed by {:?} (new owner {new}); claims: {}",
         after
             .iter()
-            .map(|mac| node_of_mac(lab, *mac))
+            .map(|mac| lab.name_of_mac(*mac))
             .collect::<Vec<_>>(),
         around(lab, &claims, resumed, Duration::from_secs(2)),
     );
@@ -680,7 +643,7 @@ fn l2_vip_fails_over_on_kill_term_stop_and_api_outage_without_split_brain() {
         probe.record().gap_since(outage),
         claim_runs(&claims, outage)
             .iter()
-            .map(|mac| node_of_mac(lab, *mac))
+            .map(|mac| lab.name_of_mac(*mac))
             .collect::<Vec<_>>()
     );
 
@@ -694,8 +657,8 @@ fn l2_vip_fails_over_on_kill_term_stop_and_api_outage_without_split_brain() {
         "split brain by step: {by_phase:?}\nclaims around the first: {}\n{} split-brain claims; the first: {} answered between two claims by {} during \"{}\" ({:?})",
         found.first().map_or(String::new(), |s| around(lab, &claims, s.claim.at, Duration::from_millis(300))),
         found.len(),
-        found.first().map_or(String::new(), |s| node_of_mac(lab, s.claim.mac)),
-        found.first().map_or(String::new(), |s| node_of_mac(lab, s.before.mac)),
+        found.first().map_or(String::new(), |s| lab.name_of_mac(s.claim.mac)),
+        found.first().map_or(String::new(), |s| lab.name_of_mac(s.before.mac)),
         found.first().map_or("", |s| phases.at(s.claim.at)),
         found.first().map(|s| s.claim.kind),
     );

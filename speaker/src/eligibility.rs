@@ -153,6 +153,25 @@ pub struct Vip {
     pub services: Vec<SharingService>,
 }
 
+#[cfg(test)]
+impl Vip {
+    /// A VIP of pool `p` used by the Services `web/<name>` for each of `services`, all with
+    /// `externalTrafficPolicy: Cluster` (a test fixture).
+    pub(crate) fn shared_by(ip: &str, services: &[&str]) -> Self {
+        Self {
+            ip: ip.parse().expect("ip"),
+            pool: "p".into(),
+            services: services
+                .iter()
+                .map(|s| SharingService {
+                    key: ServiceKey::new("web", *s),
+                    traffic_policy: TrafficPolicy::Cluster,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One Service's allocated addresses, as the allocator recorded them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAddresses {

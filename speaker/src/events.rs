@@ -98,21 +98,11 @@ pub fn assignments(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eligibility::{RouteAttributes, SharingService, TrafficPolicy};
+    use crate::eligibility::RouteAttributes;
     use ipnet::IpNet;
 
     fn vip(ip: &str, services: &[&str]) -> Vip {
-        Vip {
-            ip: ip.parse().expect("ip"),
-            pool: "p".into(),
-            services: services
-                .iter()
-                .map(|s| SharingService {
-                    key: ServiceKey::new("web", *s),
-                    traffic_policy: TrafficPolicy::Cluster,
-                })
-                .collect(),
-        }
+        Vip::shared_by(ip, services)
     }
 
     fn l2(ip: &str, ifaces: &[&str]) -> Announcements {

@@ -681,23 +681,13 @@ pub fn problem_lines(
 mod tests {
     use super::*;
     use crate::adapter::{AdapterError, ObjectRef, Problem};
-    use crate::eligibility::{PoolConflict, SharingService, TrafficPolicy};
+    use crate::eligibility::PoolConflict;
     use crate::endpoints::ServiceKey;
     use ipnet::IpNet;
     use std::net::IpAddr;
 
     fn vip(ip: &str, services: &[&str]) -> Vip {
-        Vip {
-            ip: ip.parse().expect("ip"),
-            pool: "p".into(),
-            services: services
-                .iter()
-                .map(|s| SharingService {
-                    key: ServiceKey::new("web", *s),
-                    traffic_policy: TrafficPolicy::Cluster,
-                })
-                .collect(),
-        }
+        Vip::shared_by(ip, services)
     }
 
     fn names(items: &[&str]) -> BTreeSet<String> {
