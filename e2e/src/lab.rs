@@ -413,16 +413,7 @@ impl Lab {
 
         // The node segment: br0 in the switch namespace, one port per member, each member's
         // side named eth0 (the manifests announce on eth0).
-        sw.ip(&[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
-        sw.ip(&["link", "set", "br0", "up"])?;
+        sw.add_bridge("br0")?;
         let mut members: Vec<(&Netns, String, &str, &str)> =
             vec![(&router, "router".into(), ROUTER_V4, ROUTER_V6)];
         for (ns, node) in nodes.iter().zip(NODES.iter()) {

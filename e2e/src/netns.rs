@@ -235,6 +235,13 @@ impl Netns {
         })
     }
 
+    /// Creates bridge `name` in this namespace, up, with multicast snooping off: there is no MLD
+    /// querier on a lab segment, so multicast (IPv6 neighbour discovery) must flood.
+    pub fn add_bridge(&self, name: &str) -> Result<(), NetnsError> {
+        self.ip(&["link", "add", name, "type", "bridge", "mcast_snooping", "0"])?;
+        self.ip(&["link", "set", name, "up"]).map(drop)
+    }
+
     /// Creates a veth pair `here` (in this namespace) ↔ `there` (in `peer`), both up.
     pub fn veth(&self, here: &str, peer: &Netns, there: &str) -> Result<(), NetnsError> {
         self.ip(&[

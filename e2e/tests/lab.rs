@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_e2e::lab::{
     self, Dataplane, Lab, LabConfig, Signal, UpOutcome, ECHO_PORT, NODES, ROUTER_V4, ROUTER_V6,
@@ -362,6 +362,11 @@ fn a_crashed_lab_with_cairn_is_remade_by_up_and_removed_by_down_from_another_han
     let crashed: Vec<u32> = first.0.status().processes.iter().map(|p| p.pid).collect();
     // SAFETY: kill(2) on the pid of the echo server this test's lab started.
     unsafe { libc::kill(echo.pid as i32, libc::SIGKILL) };
+    // The signal is delivered asynchronously: wait for the process to be gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(echo.pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::mem::forget(first);
 
     let second = Guard(Lab::new(config));

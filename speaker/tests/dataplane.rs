@@ -192,22 +192,7 @@ impl Lab {
     fn new() -> Lab {
         assert!(cairn_e2e::netns::is_root(), "namespace tests need root");
         let switch = Netns::new("dpsw").expect("switch");
-        switch
-            .ip(&["link", "add", "br0", "type", "bridge"])
-            .expect("bridge");
-        // No MLD querier here: flood multicast so neighbour discovery works.
-        switch
-            .ip(&[
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ])
-            .expect("bridge snooping off");
-        switch.ip(&["link", "set", "br0", "up"]).expect("br up");
+        switch.add_bridge("br0").expect("bridge");
         let plug = |ns: &Netns, port: &str, n: u8, mtu: &str| {
             switch.veth(port, ns, "eth0").expect("veth");
             switch
@@ -547,21 +532,7 @@ fn one_node_balances_and_decapsulates_on_its_single_interface() {
     // other's tunnels. The client reaches the VIP through n1, then through n2.
     assert!(cairn_e2e::netns::is_root(), "namespace tests need root");
     let switch = Netns::new("dpbo").expect("switch");
-    switch
-        .ip(&["link", "add", "br0", "type", "bridge"])
-        .expect("bridge");
-    switch
-        .ip(&[
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])
-        .expect("bridge snooping off");
-    switch.ip(&["link", "set", "br0", "up"]).expect("br up");
+    switch.add_bridge("br0").expect("bridge");
     let plug = |ns: &Netns, port: &str, ip: String, ip6: String, mtu: &str| {
         switch.veth(port, ns, "eth0").expect("veth");
         switch

@@ -194,73 +194,13 @@ fn serve_tcp(stream: TcpStream, peer: SocketAddr, name: String) {
     }
 }
 
-/// Turns off transmit checksum offload on `ifname` (ETHTOOL_STXCSUM through SIOCETHTOOL; no
-/// ethtool binary here). A veth leaves the checksum of locally sent packets to "hardware"; a
-/// frame that then meets XDP on the way loses that promise and arrives with a bad checksum. Real
-/// NICs compute checksums before XDP on the receiving host ever sees them.
-fn disable_tx_checksum_offload(ifname: &str) -> std::io::Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        pad: [u8; 16],
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        pad: [0; 16],
-    };
-    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
-    // SAFETY: plain socket(2)/ioctl(2)/close(2) with a properly laid out ifreq that outlives
-    // the call; the fd is closed on every path.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc < 0 {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
 impl Lab {
     /// Client, `lbs` load balancers and three backends on one bridge; every LB serves the TCP
     /// and UDP services with `backends`, the client routes the VIP via LB 0.
     fn new(lbs: usize, backends: &[usize]) -> Lab {
         assert!(cairn_e2e::netns::is_root(), "namespace tests need root");
         let switch = Netns::new("xdpsw").expect("switch");
-        switch
-            .ip(&["link", "add", "br0", "type", "bridge"])
-            .expect("bridge");
-        // No MLD querier here: flood multicast so neighbour discovery works.
-        switch
-            .ip(&[
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ])
-            .expect("bridge snooping off");
-        switch.ip(&["link", "set", "br0", "up"]).expect("br up");
+        switch.add_bridge("br0").expect("bridge");
         let mut sinks = Vec::new();
         let plug = |ns: &Netns, port: &str, ip: &str, ip6: &str, mtu: &str| {
             switch.veth(port, ns, "eth0").expect("veth");
@@ -273,9 +213,9 @@ impl Lab {
         };
         let client = Netns::new("xdpcl").expect("client");
         plug(&client, "s-client", CLIENT, CLIENT6, "1500");
+        // A frame that meets XDP on its way loses a veth's checksum-offload promise.
         client
-            .run(|| disable_tx_checksum_offload("eth0"))
-            .expect("enter client")
+            .disable_tx_checksum_offload("eth0")
             .expect("checksum offload off");
         let stop = Arc::new(AtomicBool::new(false));
         let mut backend_ns = Vec::new();
