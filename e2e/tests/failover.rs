@@ -451,6 +451,22 @@ fn around(lab: &Lab, claims: &[Claim], at: Instant, span: Duration) -> String {
     describe_around(claims, at, span, |mac| lab.name_of_mac(mac))
 }
 
+/// An observer of `vip` on the L2 client's segment that solicits it every 20 ms from the
+/// client's own address.
+fn lab_observer(client: &Netns, vip: IpAddr) -> Observer {
+    Observer::start(
+        client,
+        "eth0",
+        &[vip],
+        Some(Solicitation {
+            every: Duration::from_millis(20),
+            from_v4: Some(L2CLIENT_V4.parse().expect("address")),
+            from_v6: None,
+        }),
+    )
+    .expect("observer")
+}
+
 /// One request to the lab API server's lab-only `/debug/*` endpoints; returns the JSON body.
 fn api_debug(lab: &Lab, method: &str, path: &str, body: &str) -> serde_json::Value {
     let mut stream =
@@ -530,17 +546,7 @@ fn l2_vip_fails_over_on_kill_term_stop_and_api_outage_without_split_brain() {
         "{vip}"
     );
     let client = Netns::adopt(&lab.l2client_namespace());
-    let observer = Observer::start(
-        &client,
-        "eth0",
-        &[vip],
-        Some(Solicitation {
-            every: Duration::from_millis(20),
-            from_v4: Some(L2CLIENT_V4.parse().expect("address")),
-            from_v6: None,
-        }),
-    )
-    .expect("observer");
+    let observer = lab_observer(&client, vip);
     let probe = Probe::start(&client, SocketAddr::new(vip, ECHO_PORT)).expect("probe");
 
     // The client reaches the VIP on one node, which sees the client's own address.
@@ -677,17 +683,7 @@ fn local_traffic_policy_vip_is_announced_only_where_its_endpoint_is_and_follows_
     let rt = runtime();
     let vip = create_service(&rt, lab, "echo-local", None, true, &["cairn-n2"]);
     let client = Netns::adopt(&lab.l2client_namespace());
-    let observer = Observer::start(
-        &client,
-        "eth0",
-        &[vip],
-        Some(Solicitation {
-            every: Duration::from_millis(20),
-            from_v4: Some(L2CLIENT_V4.parse().expect("address")),
-            from_v6: None,
-        }),
-    )
-    .expect("observer");
+    let observer = lab_observer(&client, vip);
     let probe = Probe::start(&client, SocketAddr::new(vip, ECHO_PORT)).expect("probe");
     assert_eq!(settled_owner(&probe, Duration::from_secs(30)), "cairn-n2");
     let n2 = node_mac(lab, "cairn-n2");

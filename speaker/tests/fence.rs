@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use cairn_arp::{Claims, InterfaceSelection, L2Announcer, L2Config, MacAddr};
 use cairn_e2e::apiserver::{LabApiServer, Options};
-use cairn_speaker::lease::LeaseConfig;
 use cairn_speaker::lease_driver::{DriverConfig, LeaseDriver};
 use cairn_speaker::metrics::{Health, Metrics};
 use cairn_speaker::runtime::{self, Config};
@@ -21,20 +20,9 @@ use tokio::sync::watch;
 
 mod speaker_lab;
 
-use speaker_lab::{base_cluster, cluster, eventually, lab, neighbour, text, NODES, VIP};
-
-/// Lease 1 s, renew every 300 ms, margin 500 ms: the deadline is never far ahead.
-fn short_lease(holder: &str) -> LeaseConfig {
-    LeaseConfig {
-        lease_duration: Duration::from_secs(1),
-        renew_interval: Duration::from_millis(300),
-        retry_interval: Duration::from_millis(100),
-        request_timeout: Duration::from_millis(300),
-        safety_margin: Duration::from_millis(500),
-        settle: Duration::from_millis(300),
-        ..LeaseConfig::new(holder)
-    }
-}
+use speaker_lab::{
+    base_cluster, cluster, eventually, lab, neighbour, short_lease, text, NODES, VIP,
+};
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

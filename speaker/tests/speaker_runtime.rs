@@ -13,7 +13,6 @@ use std::time::Duration;
 use cairn_arp::{InterfaceSelection, L2Announcer, L2Config, MacAddr};
 use cairn_e2e::apiserver::{LabApiServer, Options};
 use cairn_e2e::netns::Netns;
-use cairn_speaker::lease::LeaseConfig;
 use cairn_speaker::metrics::{Health, Metrics};
 use cairn_speaker::ownership::rendezvous;
 use cairn_speaker::runtime::{self, Config, RuntimeError};
@@ -26,26 +25,15 @@ use tokio::task::JoinHandle;
 
 mod speaker_lab;
 
-use speaker_lab::{arping, cluster, eventually, lab, lease_of, neighbour, status_of, NODES, VIP};
+use speaker_lab::{
+    arping, cluster, eventually, lab, lease_of, neighbour, short_lease, status_of, NODES, VIP,
+};
 
 struct Speaker {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), RuntimeError>>,
-}
-
-/// Lease 1 s, renew every 300 ms, as the lease driver's own tests use.
-fn short_lease(holder: &str) -> LeaseConfig {
-    LeaseConfig {
-        lease_duration: Duration::from_secs(1),
-        renew_interval: Duration::from_millis(300),
-        retry_interval: Duration::from_millis(100),
-        request_timeout: Duration::from_millis(300),
-        safety_margin: Duration::from_millis(500),
-        settle: Duration::from_millis(300),
-        ..LeaseConfig::new(holder)
-    }
 }
 
 /// Starts the runtime of `node`, its L2 announcer opened inside `ns` (the API client stays in

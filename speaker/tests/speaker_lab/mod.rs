@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_api::annotations as keys;
 use cairn_api::v1alpha1::{IPAddressPool, L2Advertisement};
 use cairn_e2e::netns::{is_root, Netns};
+use cairn_speaker::lease::LeaseConfig;
 use cairn_speaker::membership::{lease_name, LEASE_NAMESPACE};
 use cairn_speaker::status::{NodeStatus, ANNOUNCING_ANNOTATION};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -118,6 +119,20 @@ pub async fn cluster(client: &Client) {
     )
     .await;
     create::<Service>(client, bound_service("site", VIP, "lab")).await;
+}
+
+/// Lease 1 s, renew every 300 ms, margin 500 ms, settle 300 ms: fast tests, and a fence
+/// deadline that is never far ahead.
+pub fn short_lease(holder: &str) -> LeaseConfig {
+    LeaseConfig {
+        lease_duration: Duration::from_secs(1),
+        renew_interval: Duration::from_millis(300),
+        retry_interval: Duration::from_millis(100),
+        request_timeout: Duration::from_millis(300),
+        safety_margin: Duration::from_millis(500),
+        settle: Duration::from_millis(300),
+        ..LeaseConfig::new(holder)
+    }
 }
 
 /// stdout and stderr of a command, lower-cased (MACs compare as `MacAddr` prints them).
