@@ -57,26 +57,29 @@ fn deadline_of(claims: Claims) -> Option<Instant> {
     }
 }
 
+/// A lease driver on `rt` with `client` (made on `rt` too).
+fn spawn_driver(
+    rt: &tokio::runtime::Runtime,
+    client: kube::Client,
+    config: DriverConfig,
+) -> LeaseDriver {
+    let _entered = rt.enter();
+    LeaseDriver::spawn(client, config).expect("driver")
+}
+
 #[test]
 fn the_fence_deadline_moves_with_renewals_and_closes_on_release() {
     let rt = runtime(2);
-    let (server, _api) = api_server(&rt, false);
-    let client = {
-        let _entered = rt.enter();
-        server.client().expect("client")
-    };
-    let driver = {
-        let _entered = rt.enter();
-        LeaseDriver::spawn(
-            client,
-            DriverConfig {
-                lease: short_lease(NODES[0]),
-                join_delay: Duration::from_millis(200),
-                ..DriverConfig::new(NODES[0], NODES[0])
-            },
-        )
-        .expect("driver")
-    };
+    let (_server, api) = api_server(&rt, false);
+    let driver = spawn_driver(
+        &rt,
+        api,
+        DriverConfig {
+            lease: short_lease(NODES[0]),
+            join_delay: Duration::from_millis(200),
+            ..DriverConfig::new(NODES[0], NODES[0])
+        },
+    );
     let fence = driver.fence();
     assert_eq!(
         fence.claims(),
@@ -102,22 +105,15 @@ fn the_fence_deadline_moves_with_renewals_and_closes_on_release() {
 #[test]
 fn a_driver_that_stops_running_leaves_a_gate_that_closes_at_its_deadline_by_itself() {
     let rt = runtime(2);
-    let (server, _api) = api_server(&rt, false);
-    let client = {
-        let _entered = rt.enter();
-        server.client().expect("client")
-    };
-    let driver = {
-        let _entered = rt.enter();
-        LeaseDriver::spawn(
-            client,
-            DriverConfig {
-                lease: short_lease(NODES[0]),
-                ..DriverConfig::new(NODES[0], NODES[0])
-            },
-        )
-        .expect("driver")
-    };
+    let (_server, api) = api_server(&rt, false);
+    let driver = spawn_driver(
+        &rt,
+        api,
+        DriverConfig {
+            lease: short_lease(NODES[0]),
+            ..DriverConfig::new(NODES[0], NODES[0])
+        },
+    );
     let fence = driver.fence();
     eventually("the gate opens once the Lease is held", || {
         deadline_of(fence.claims()).is_some()
